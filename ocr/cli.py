@@ -1,0 +1,119 @@
+"""Command line: settings, logging, signals, exit codes; one handler turns errors into one clear line."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from enum import IntEnum
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .checkpoint import SetupError, resolve_model
+from .config import Config, UsageError, parse_config
+from .engine import Engine, check_tensor_parallel
+from .pipeline import Pipeline
+from .report import RunReport
+
+log = logging.getLogger("ocr")
+DESCRIPTION = "OCR every PDF under --input-dir into Markdown with DeepSeek-OCR in an in-process vLLM engine."
+
+
+class ExitCode(IntEnum):
+    OK = 0              # every PDF complete (or skipped as already complete)
+    INCOMPLETE = 1      # some PDFs failed or are partial; listed at the end
+    USAGE = 2           # bad flags or set-up: nothing was run
+    INTERRUPTED = 130   # stopped by SIGINT/SIGTERM; finished pages are kept
+
+
+def check_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SetupError(f"cannot write to --output-dir {output_dir}: {exc.strerror or exc}") from exc
+
+
+def setup_logging(cfg: Config) -> Path:
+    log_dir = cfg.output_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}{cfg.shard_suffix}.log"
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    file_handler = logging.FileHandler(path, encoding="utf-8")
+    file_handler.setFormatter(fmt)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger("ocr")
+    root.setLevel(cfg.log_level)
+    root.handlers[:] = [file_handler, console]
+    root.propagate = False
+    return path
+
+
+def install_signal_handlers(pipeline: Pipeline) -> dict:
+    """First SIGINT/SIGTERM: stop gracefully. Second: exit at once. Returns the handlers it replaced."""
+    def handler(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if pipeline.stop_reason:           # second signal: leave now; every file on disk is whole
+            os._exit(ExitCode.INTERRUPTED)
+        log.warning("%s received: finishing up (send it again to exit at once)", name)
+        pipeline.request_stop(f"stopped by {name}")
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def default_engine_factory(cfg: Config) -> Callable[[], Engine]:
+    check_tensor_parallel(cfg.tensor_parallel_size)
+    local = dataclasses.replace(cfg, model=resolve_model(cfg.model))
+
+    def factory() -> Engine:
+        from .engine import VllmEngine
+        return VllmEngine(local)
+    return factory
+
+
+def run(cfg: Config, engine_factory: Callable[[], Engine] | None = None) -> ExitCode:
+    if not cfg.input_dir.is_dir():
+        raise UsageError(f"--input-dir {cfg.input_dir} is not a folder")
+    check_output_dir(cfg.output_dir)
+    log_path = setup_logging(cfg)
+    factory = engine_factory or default_engine_factory(cfg)
+    report = RunReport(cfg.report_path, {k: str(v) if isinstance(v, Path) else v
+                                         for k, v in dataclasses.asdict(cfg).items()})
+    pipeline = Pipeline(cfg, factory, report)
+    previous = install_signal_handlers(pipeline)
+    log.info("log file: %s", log_path)
+    try:
+        pipeline.run()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        report.interrupted = pipeline.stop_reason
+        report.write()
+        for line in report.summary_lines():
+            log.info("%s", line)
+        log.info("report: %s", cfg.report_path)
+    if pipeline.stop_reason and pipeline.stop_reason.startswith("stopped by"):
+        return ExitCode.INTERRUPTED
+    return ExitCode.INCOMPLETE if report.problems() or pipeline.stop_reason else ExitCode.OK
+
+
+def main(argv: Sequence[str] | None = None, engine_factory: Callable[[], Engine] | None = None,
+         prog: str = "run_pdf_ocr_vllm.py") -> int:
+    try:
+        cfg = parse_config(argv, prog=prog, description=DESCRIPTION)
+        return run(cfg, engine_factory)
+    except (UsageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED

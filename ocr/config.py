@@ -1,0 +1,139 @@
+"""The run's settings: one frozen object, each option declared once next to its default and help."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+DEFAULT_MODEL = "deepseek-ai/DeepSeek-OCR"
+
+
+def opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    """A config field that is also a command-line flag (--field-name)."""
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+def _default_render_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+@dataclass(frozen=True)
+class Config:
+    # Input and output
+    input_dir: Path = opt(None, "folder searched recursively for *.pdf (any case)", required=True, type=Path)
+    output_dir: Path = opt(None, "where <relative path>/<stem>.md, the run report and logs go",
+                           required=True, type=Path)
+    mode: str = opt("clean", "clean: Markdown only; grounded: keep <|ref|>/<|det|> layout blocks",
+                    choices=("clean", "grounded"))
+    max_pages: int | None = opt(None, "OCR at most this many pages of each PDF", type=int)
+    num_shards: int = opt(1, "split the PDFs into this many disjoint shards (one per worker/GPU)", type=int)
+    shard_index: int = opt(0, "which shard this worker runs (0-based)", type=int)
+    overwrite: bool = opt(False, "redo PDFs that are already complete (otherwise they are skipped)")
+    # Rendering and blank pages
+    dpi: int = opt(144, "render resolution; 144 is what DeepSeek-OCR's own PDF runner uses", type=int)
+    max_render_pixels: int = opt(12_000_000, "cap on pixels per rendered page (posters are scaled down)",
+                                 type=int)
+    render_workers: int = opt(_default_render_workers(), "render processes running ahead of the engine",
+                              type=int)
+    save_page_images: bool = opt(False, "also write page PNGs to <stem>_assets/")
+    save_crops: bool = opt(False, "grounded mode: write figure/table crops to <stem>_assets/")
+    # Model and engine
+    model: str = opt(DEFAULT_MODEL, "Hugging Face id or local checkpoint directory")
+    batch_pages: int = opt(64, "pages in flight in the engine at once (continuous batching)", type=int)
+    max_num_seqs: int | None = opt(None, "vLLM max_num_seqs (default: --batch-pages)", type=int)
+    max_tokens: int = opt(6144, "output tokens per page at most (prompt + output <= 8192)", type=int)
+    gpu_memory_utilization: float = opt(0.9, "share of GPU memory vLLM may use", type=float)
+    kv_cache_dtype: str = opt("fp8", "KV cache dtype; falls back to auto where FP8 is not supported",
+                              choices=("fp8", "auto", "bfloat16", "fp8_e4m3", "fp8_e5m2"))
+    enable_fp8_weights: bool = opt(False, "quantize weights to FP8 on load (check quality first)")
+    tensor_parallel_size: int = opt(1, "GPUs per engine; must divide the model's 10 attention heads",
+                                    type=int)
+    mm_encoder_tp_mode: str | None = opt(None, "with tensor parallelism: 'data' runs the vision encoder "
+                                         "data-parallel", choices=("weights", "data"))
+    block_size: int | None = opt(None, "KV cache block size (default: 256 for DeepSeek-OCR)", type=int)
+    attention_backend: str | None = opt(None, "vLLM attention backend (default: chosen per platform)")
+    enforce_eager: bool = opt(False, "disable CUDA graphs")
+    prompt: str | None = opt(None, "override the prompt (default: DeepSeek-OCR's own prompt for --mode)")
+    ngram_size: int = opt(30, "no-repeat n-gram guard size (0 turns it off)", type=int)
+    ngram_window: int = opt(90, "no-repeat n-gram guard window in tokens", type=int)
+    trust_remote_code: bool = opt(False, "allow the checkpoint's own Python code (transformers runner)")
+    # Post-processing
+    greek_repair: str = opt("safe", "repair unambiguous Greek OCR slips (look-alike letters, final sigma)",
+                            choices=("off", "safe"))
+    # Failure handling
+    page_timeout: float = opt(900.0, "seconds without any finished page, pages in flight, before the "
+                              "engine counts as hung", type=float)
+    max_engine_restarts: int = opt(3, "engine restarts allowed per run before stopping", type=int)
+    # Logging
+    log_level: str = opt("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    no_progress: bool = opt(False, "no progress bar")
+
+    @property
+    def seqs(self) -> int:
+        return self.max_num_seqs or self.batch_pages
+
+    @property
+    def shard_suffix(self) -> str:
+        return "" if self.num_shards == 1 else f".shard-{self.shard_index}-of-{self.num_shards}"
+
+    @property
+    def report_path(self) -> Path:
+        return self.output_dir / f"run_report{self.shard_suffix}.json"
+
+    @property
+    def state_dir(self) -> Path:
+        """Journals and the resume manifest live here, out of the way of the Markdown files."""
+        return self.output_dir / ".ocr-state"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Settings that change a PDF's output: a finished PDF made with others is redone."""
+        return {"model": self.model, "mode": self.mode, "prompt": self.prompt, "max_pages": self.max_pages,
+                "dpi": self.dpi, "max_tokens": self.max_tokens, "greek_repair": self.greek_repair}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(prog: str = "run_pdf_ocr_vllm.py", description: str = "") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        meta = dict(f.metadata)
+        if f.type in ("bool", bool):
+            parser.add_argument(_flag(f.name), action="store_true", help=meta["help"])
+            continue
+        parser.add_argument(_flag(f.name), default=f.default, **meta)
+    return parser
+
+
+class UsageError(ValueError):
+    """A flag combination that cannot work; exits with the usage code."""
+
+
+def validate(cfg: Config) -> Config:
+    checks = [
+        (cfg.num_shards >= 1, "--num-shards must be >= 1"),
+        (0 <= cfg.shard_index < cfg.num_shards, "--shard-index must be in [0, --num-shards)"),
+        (cfg.max_pages is None or cfg.max_pages >= 1, "--max-pages must be >= 1"),
+        (cfg.batch_pages >= 1, "--batch-pages must be >= 1"),
+        (cfg.dpi >= 36, "--dpi must be >= 36"),
+        (cfg.max_tokens >= 1, "--max-tokens must be >= 1"),
+        (0.05 <= cfg.gpu_memory_utilization <= 1.0, "--gpu-memory-utilization must be in [0.05, 1]"),
+        (cfg.render_workers >= 1, "--render-workers must be >= 1"),
+        (cfg.max_engine_restarts >= 0, "--max-engine-restarts must be >= 0"),
+        (cfg.tensor_parallel_size >= 1, "--tensor-parallel-size must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    return cfg
+
+
+def parse_config(argv: Sequence[str] | None = None, **parser_kwargs: Any) -> Config:
+    args = build_parser(**parser_kwargs).parse_args(argv)
+    return validate(Config(**vars(args)))

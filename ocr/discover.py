@@ -1,0 +1,55 @@
+"""Find the PDFs under the input folder, in a fixed order, and keep this worker's shard."""
+
+from __future__ import annotations
+
+import heapq
+import os
+from pathlib import Path
+
+from .records import PdfJob
+
+
+def find_pdfs(input_dir: Path) -> list[Path]:
+    """Every *.pdf (any case) under input_dir, sorted by relative path; symlink loops are not followed."""
+    found = []
+    for root, dirs, files in os.walk(input_dir, followlinks=False):
+        dirs.sort()
+        found.extend(Path(root, f) for f in files if f.lower().endswith(".pdf"))
+    return sorted(found, key=lambda p: p.relative_to(input_dir).as_posix())
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def assign_shards(paths: list[Path], num_shards: int) -> list[int]:
+    """Shard of each path, balanced by file size (a proxy for pages): largest first onto the lightest shard.
+
+    Every worker computes the same assignment from the same corpus, so shards are disjoint and cover it.
+    """
+    order = sorted(range(len(paths)), key=lambda i: (-_size(paths[i]), paths[i].as_posix()))
+    loads = [(0, s) for s in range(num_shards)]
+    shards = [0] * len(paths)
+    for i in order:
+        load, s = heapq.heappop(loads)
+        shards[i] = s
+        heapq.heappush(loads, (load + max(_size(paths[i]), 1), s))
+    return shards
+
+
+def md_path_for(rel: Path, output_dir: Path) -> Path:
+    """<output>/<relative folder>/<stem>.md: same stems in different folders never collide."""
+    return output_dir / rel.parent / (rel.stem + ".md")
+
+
+def plan_jobs(input_dir: Path, output_dir: Path, num_shards: int = 1, shard_index: int = 0) -> list[PdfJob]:
+    paths = find_pdfs(input_dir)
+    jobs = []
+    for path, shard in zip(paths, assign_shards(paths, num_shards)):
+        if shard == shard_index:
+            rel = path.relative_to(input_dir)
+            jobs.append(PdfJob(index=len(jobs), path=path, rel=rel, md_path=md_path_for(rel, output_dir)))
+    return jobs

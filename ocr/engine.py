@@ -1,0 +1,221 @@
+"""DeepSeek-OCR in an in-process vLLM engine: the engine recipe, platform defaults, continuous batching."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .records import EngineOutput, PageRequest
+
+log = logging.getLogger(__name__)
+
+PROMPTS = {  # DeepSeek-OCR's own prompt strings (config.py of its vLLM runner)
+    "grounded": "<image>\n<|grounding|>Convert the document to markdown.",
+    "clean": "<image>\nConvert the document to markdown.",
+}
+# The n-gram guard must not stop long tables from repeating their cell tags.
+TABLE_TAGS = ("<td>", "</td>", "<tr>", "</tr>", "<th>", "</th>", "<table>", "</table>")
+# A new chat turn means the page is over; the model sometimes starts one instead of stopping.
+STOP_STRINGS = ["<|User|>", "<|Assistant|>", "<｜User｜>", "<｜Assistant｜>"]
+MODEL_HEADS = 10          # DeepSeek-OCR's language model: tensor parallelism must divide this
+MAX_MODEL_LEN = 8192
+
+
+class EngineDead(RuntimeError):
+    """The engine process died or hung; every request in flight is lost and the engine must be rebuilt."""
+
+
+def dead_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the engine is gone: ours, and vLLM's own (whichever version is installed)."""
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError
+    except ImportError:
+        return (EngineDead,)
+    return (EngineDead, EngineDeadError)
+
+
+class Engine(Protocol):
+    """What the pipeline needs from an engine (vLLM here; scripted doubles in tests)."""
+
+    def submit(self, request: PageRequest) -> None: ...
+    def poll(self) -> list[EngineOutput]: ...
+    def in_flight(self) -> int: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Platform:
+    kind: str                     # "cuda", "cpu", ...
+    fp8_kv: bool
+    capability: tuple[int, int] | None = None   # CUDA compute capability
+
+
+def detect_platform() -> Platform:
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return Platform("cpu", fp8_kv=False)
+    cap = None
+    if current_platform.is_cuda():
+        c = current_platform.get_device_capability()
+        cap = (c.major, c.minor) if c else None
+    # FP8 KV cache needs Ada (8.9) or newer on NVIDIA.
+    return Platform(current_platform.device_type, fp8_kv=bool(cap and cap >= (8, 9)), capability=cap)
+
+
+def check_tensor_parallel(size: int) -> None:
+    if MODEL_HEADS % size:
+        divisors = [d for d in range(1, MODEL_HEADS + 1) if MODEL_HEADS % d == 0]
+        raise ValueError(f"--tensor-parallel-size {size} cannot split DeepSeek-OCR's {MODEL_HEADS} attention "
+                         f"heads; use one of {divisors}, or one worker per GPU (--num-shards)")
+
+
+def engine_kwargs(cfg: Any, platform: Platform) -> tuple[dict[str, Any], list[str]]:
+    """vLLM LLM(...) keyword arguments for this config and platform, and the choices worth logging."""
+    check_tensor_parallel(cfg.tensor_parallel_size)
+    notes = []
+    kv = cfg.kv_cache_dtype
+    if kv.startswith("fp8") and not platform.fp8_kv:
+        notes.append(f"kv_cache_dtype {kv} is not supported on {platform.kind}: using auto")
+        kv = "auto"
+    kw: dict[str, Any] = dict(
+        model=cfg.model,
+        hf_overrides={"architectures": ["DeepseekOCRForCausalLM"]},
+        max_model_len=MAX_MODEL_LEN,
+        max_num_seqs=cfg.seqs,
+        limit_mm_per_prompt={"image": 1},
+        enable_prefix_caching=False,   # every page is a different image: nothing to share
+        mm_processor_cache_gb=0,       # each image is seen once; caching only costs memory
+        kv_cache_dtype=kv,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        # DeepSeek-OCR's own runner sets 256; with vLLM's default 16 batched image requests crashed on H100.
+        block_size=cfg.block_size or 256,
+        enforce_eager=cfg.enforce_eager,
+        trust_remote_code=False,
+    )
+    if cfg.ngram_size > 0:
+        from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor
+        kw["logits_processors"] = [NGramPerReqLogitsProcessor]
+    if cfg.mm_encoder_tp_mode:
+        kw["mm_encoder_tp_mode"] = cfg.mm_encoder_tp_mode
+    if cfg.enable_fp8_weights:
+        kw["quantization"] = "fp8"
+    if platform.kind == "cpu":
+        # bfloat16 is emulated on AVX2; vision-encoder memory profiling grows past 20 GB on CPU.
+        kw.update(dtype="float32", skip_mm_profiling=True, max_num_batched_tokens=4096)
+        notes.append("CPU platform: float32, no multimodal profiling, small KV space")
+    else:
+        kw.update(dtype="bfloat16", gpu_memory_utilization=cfg.gpu_memory_utilization)
+        attn = cfg.attention_backend or default_attention_backend(platform)
+        if attn:
+            kw["attention_backend"] = attn
+            # FlashAttention-3 in the vision encoder died on Hopper too; SDPA is safe there.
+            kw["mm_encoder_attn_backend"] = "TORCH_SDPA"
+    notes.append(f"block_size={kw['block_size']} kv_cache_dtype={kv} "
+                 f"attention={kw.get('attention_backend', 'vLLM default')} eager={cfg.enforce_eager}")
+    return kw, notes
+
+
+def default_attention_backend(platform: Platform) -> str | None:
+    """Hopper (9.x): FlashAttention-3, vLLM's default there, dies with a divide trap; Triton works."""
+    if platform.kind == "cuda" and platform.capability and platform.capability[0] == 9:
+        return "TRITON_ATTN"
+    return None
+
+
+def sampling_params(cfg: Any, whitelist: set[int], max_tokens: int | None = None) -> Any:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    extra = None
+    if cfg.ngram_size > 0:
+        extra = {"ngram_size": cfg.ngram_size, "window_size": cfg.ngram_window,
+                 "whitelist_token_ids": sorted(whitelist)}
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens or cfg.max_tokens, skip_special_tokens=False,
+                          stop=STOP_STRINGS, extra_args=extra, output_kind=RequestOutputKind.FINAL_ONLY)
+
+
+def table_tag_ids(tokenizer: Any) -> set[int]:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ids = tokenizer.convert_tokens_to_ids(list(TABLE_TAGS))
+    return {i for i in ids if i is not None and i != unk}
+
+
+class VllmEngine:
+    """Keeps up to max_num_seqs pages in the engine and hands back each page as soon as it finishes."""
+
+    def __init__(self, cfg: Any, platform: Platform | None = None):
+        if (platform or detect_platform()).kind == "cpu":
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")   # GiB; the default takes too much here
+        from vllm import LLM
+
+        self.platform = platform or detect_platform()
+        kwargs, notes = engine_kwargs(cfg, self.platform)
+        for note in notes:
+            log.info("engine: %s", note)
+        start = time.perf_counter()
+        self.llm = LLM(**kwargs)
+        self.load_seconds = time.perf_counter() - start
+        self.tokenizer = self.llm.get_tokenizer()
+        self.special_tokens = tuple(self.tokenizer.all_special_tokens)
+        self._params = sampling_params(cfg, table_tag_ids(self.tokenizer))
+        self._requests: dict[str, PageRequest] = {}
+        self.guard_active = None if cfg.ngram_size <= 0 else self._guard_is_active()
+        if self.guard_active is False:
+            log.warning("engine: the n-gram repetition guard has no effect on this vLLM version; "
+                        "looping pages will run to --max-tokens")
+        log.info("engine: ready in %.1f s", self.load_seconds)
+
+    def _guard_is_active(self) -> bool:
+        """With ngram_size=1 no token may repeat within the window; without the guard a model repeats."""
+        from vllm import SamplingParams
+
+        probe = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True,
+                               extra_args={"ngram_size": 1, "window_size": 24})
+        ids = self.llm.generate(["the of and"], probe, use_tqdm=False)[0].outputs[0].token_ids
+        return len(set(ids)) == len(ids)
+
+    def submit(self, request: PageRequest) -> None:
+        rid = request.key.request_id(request.attempt)
+        prompt = {"prompt": request.prompt, "multi_modal_data": {"image": request.image}}
+        self.llm.llm_engine.add_request(rid, prompt, self._params)
+        self._requests[rid] = request
+
+    def poll(self) -> list[EngineOutput]:
+        try:
+            outputs = self.llm.llm_engine.step()
+        except Exception as exc:
+            raise EngineDead(f"{type(exc).__name__}: {exc}") from exc
+        done = []
+        for out in outputs:
+            if not out.finished:
+                continue
+            req = self._requests.pop(out.request_id, None)
+            if req is None:
+                continue
+            comp = out.outputs[0] if out.outputs else None
+            done.append(EngineOutput(key=req.key, attempt=req.attempt, text=comp.text if comp else "",
+                                     tokens=len(comp.token_ids) if comp else 0,
+                                     finish_reason=comp.finish_reason if comp else None))
+        return done
+
+    def in_flight(self) -> int:
+        return len(self._requests)
+
+    def lost_requests(self) -> list[PageRequest]:
+        """The requests in flight when the engine died, for requeueing."""
+        lost = list(self._requests.values())
+        self._requests.clear()
+        return lost
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            shutdown = getattr(llm.llm_engine, "shutdown", None) or getattr(llm.llm_engine.engine_core,
+                                                                           "shutdown", None)
+            if shutdown:
+                shutdown()
+            self.llm = None

@@ -1,0 +1,89 @@
+"""Small frozen records that flow one way between the stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PdfJob:
+    """One input PDF and where its Markdown goes."""
+    index: int          # position in this shard's job list; part of every page key
+    path: Path
+    rel: Path           # path relative to --input-dir, mirrored under --output-dir
+    md_path: Path
+
+    @property
+    def name(self) -> str:
+        return self.rel.as_posix()
+
+
+@dataclass(frozen=True)
+class PageKey:
+    pdf: int
+    page: int           # 1-based page number
+
+    def request_id(self, attempt: int) -> str:
+        return f"{self.pdf}:{self.page}:{attempt}"
+
+
+class PageStatus(str, Enum):
+    OK = "ok"
+    BLANK = "blank"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RenderedPage:
+    """A page image ready for the engine, or why it could not be rendered."""
+    key: PageKey
+    image: Any = None   # PIL.Image.Image (RGB) when rendered
+    blank: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    key: PageKey
+    image: Any
+    prompt: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    key: PageKey
+    text: str
+    tokens: int
+    finish_reason: str | None   # "stop", "length", ... as vLLM reports it
+    error: str | None = None
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class PageResult:
+    """A finished page: what goes into the journal and the Markdown."""
+    page: int
+    status: PageStatus
+    text: str
+    tokens: int = 0
+    finish_reason: str | None = None
+    error: str | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"page": self.page, "status": self.status.value, "text": self.text, "tokens": self.tokens,
+                "finish_reason": self.finish_reason, "error": self.error, "counters": self.counters,
+                "stats": self.stats}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "PageResult":
+        return cls(page=int(d["page"]), status=PageStatus(d["status"]), text=d["text"],
+                   tokens=int(d.get("tokens", 0)), finish_reason=d.get("finish_reason"),
+                   error=d.get("error"), counters=dict(d.get("counters") or {}),
+                   stats=dict(d.get("stats") or {}))

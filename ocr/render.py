@@ -1,0 +1,139 @@
+"""Open PDFs with PyMuPDF and render pages to RGB images in background processes, ahead of the engine."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import pymupdf
+from PIL import Image
+
+from .blank import is_mostly_blank
+from .records import PageKey, RenderedPage
+
+
+class PdfError(Exception):
+    """A PDF that cannot be OCRed at all; the message says why in a few words."""
+
+
+def open_pdf(path: Path) -> pymupdf.Document:
+    """Open a PDF or raise PdfError with a clear reason (empty, not a PDF, encrypted, no pages...)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(1024)
+    except OSError as exc:
+        raise PdfError(f"cannot read file: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise PdfError("empty file (0 bytes)")
+    try:
+        doc = pymupdf.open(path, filetype="pdf")
+    except Exception as exc:
+        what = "damaged PDF" if b"%PDF" in head else "not a PDF (no %PDF header)"
+        raise PdfError(f"{what}: {exc}") from exc
+    if doc.needs_pass and not doc.authenticate(""):
+        doc.close()
+        raise PdfError("encrypted PDF: needs a password")
+    if doc.page_count == 0:
+        doc.close()
+        raise PdfError("PDF has no pages (damaged or empty page tree)")
+    return doc
+
+
+def page_zoom(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> float:
+    """Zoom for rendering at dpi, lowered so the page stays within max_pixels (posters, 1:61 strips)."""
+    zoom = dpi / 72.0
+    area = max(width_pt, 1.0) * max(height_pt, 1.0) * zoom * zoom
+    if area > max_pixels:
+        zoom *= (max_pixels / area) ** 0.5
+    return zoom
+
+
+def render_page(doc: pymupdf.Document, page_no: int, dpi: int, max_pixels: int) -> Image.Image:
+    page = doc[page_no - 1]
+    zoom = page_zoom(page.rect.width, page.rect.height, dpi, max_pixels)
+    pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), alpha=False, colorspace=pymupdf.csRGB)
+    return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+
+
+_open_docs: dict[str, pymupdf.Document] = {}   # per render process: the PDF it rendered last
+
+
+def _cached_doc(path: str) -> pymupdf.Document:
+    if path not in _open_docs:
+        for old in _open_docs.values():
+            old.close()
+        _open_docs.clear()
+        _open_docs[path] = open_pdf(Path(path))
+    return _open_docs[path]
+
+
+def render_task(path: str, key: PageKey, dpi: int, max_pixels: int) -> RenderedPage:
+    """One page, rendered and blank-checked in a render process. Never raises."""
+    start = time.perf_counter()
+    try:
+        image = render_page(_cached_doc(path), key.page, dpi, max_pixels)
+        blank = is_mostly_blank(image)
+    except Exception as exc:  # a page that fails to render must not stop the PDF or the run
+        return RenderedPage(key, error=f"render failed: {type(exc).__name__}: {exc}",
+                            seconds=time.perf_counter() - start)
+    return RenderedPage(key, image=None if blank else image, blank=blank,
+                        seconds=time.perf_counter() - start)
+
+
+class Renderer:
+    """A pool of render processes with a bounded window of pages in progress, returned in order."""
+
+    def __init__(self, workers: int, window: int, dpi: int, max_pixels: int):
+        self._workers = workers
+        self._pool = self._new_pool()
+        self._window = max(window, workers)
+        self._dpi, self._max_pixels = dpi, max_pixels
+        self._pending: deque[tuple[Future, tuple]] = deque()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn: the parent may hold CUDA and vLLM threads, which must not be forked
+        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def has_room(self) -> bool:
+        return len(self._pending) < self._window
+
+    def submit(self, path: Path, key: PageKey) -> None:
+        args = (str(path), key, self._dpi, self._max_pixels)
+        self._pending.append((self._pool.submit(render_task, *args), args))
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def next(self, block: bool) -> RenderedPage | None:
+        """The oldest page in progress if it is done (or when block is set), else None."""
+        if not self._pending or (not block and not self._pending[0][0].done()):
+            return None
+        future, args = self._pending.popleft()
+        try:
+            return future.result()
+        except BrokenProcessPool:  # a render process died (out of memory, a MuPDF crash)
+            self._restart()
+            return RenderedPage(args[1], error="render failed: the render process died on this page")
+
+    def _restart(self) -> None:
+        """New pool; the pages that were in progress in the broken one are rendered again."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+        retry = [args for _, args in self._pending]
+        self._pending.clear()
+        for args in retry:
+            self._pending.append((self._pool.submit(render_task, *args), args))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> "Renderer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

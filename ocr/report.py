@@ -1,0 +1,108 @@
+"""The JSON run report: per PDF its pages, blanks, tokens, time, status and error; totals and rates."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .records import PageResult, PageStatus
+from .store import write_atomic
+
+
+class PdfStatus(str, Enum):
+    COMPLETE = "complete"     # every page OCRed (or blank)
+    PARTIAL = "partial"       # written, but some pages carry a failure stub; redone next run
+    FAILED = "failed"         # nothing could be OCRed (bad file)
+    SKIPPED = "skipped"       # already complete from an earlier run
+    UNFINISHED = "unfinished" # the run stopped before this PDF was done; its journal keeps the pages
+
+
+@dataclass
+class PdfEntry:
+    pdf: str
+    status: PdfStatus = PdfStatus.UNFINISHED
+    pages: int = 0
+    blank_pages: int = 0
+    failed_pages: list[int] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    output: str | None = None
+    counters: Counter = field(default_factory=Counter)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pdf": self.pdf, "status": self.status.value, "pages": self.pages,
+                "blank_pages": self.blank_pages, "failed_pages": self.failed_pages, "tokens": self.tokens,
+                "seconds": round(self.seconds, 2), "error": self.error, "output": self.output,
+                "counters": dict(sorted(self.counters.items()))}
+
+
+class RunReport:
+    def __init__(self, path, settings: dict[str, Any]):
+        self.path = path
+        self.settings = settings
+        self.started = time.time()
+        self.pdfs: dict[str, PdfEntry] = {}
+        self.engine: dict[str, Any] = {}
+        self.events: list[dict[str, Any]] = []   # engine restarts, signals: what a user needs to know
+        self.interrupted: str | None = None
+
+    def entry(self, pdf: str) -> PdfEntry:
+        return self.pdfs.setdefault(pdf, PdfEntry(pdf))
+
+    def add_page(self, pdf: str, result: PageResult, page_stats: dict[str, Any] | None = None) -> None:
+        e = self.entry(pdf)
+        e.tokens += result.tokens
+        e.blank_pages += result.status == PageStatus.BLANK
+        if result.status == PageStatus.FAILED:
+            e.failed_pages.append(result.page)
+        e.counters.update(result.counters)
+
+    def event(self, kind: str, **details: Any) -> None:
+        self.events.append({"event": kind, "time": round(time.time() - self.started, 1), **details})
+
+    def totals(self) -> dict[str, Any]:
+        entries = self.pdfs.values()
+        by_status = Counter(e.status.value for e in entries)
+        done = [e for e in entries if e.status != PdfStatus.SKIPPED]
+        pages = sum(e.pages - len(e.failed_pages) for e in done if e.status != PdfStatus.UNFINISHED)
+        elapsed = time.time() - self.started
+        counters: Counter = Counter()
+        for e in entries:
+            counters.update(e.counters)
+        return {"pdfs": len(self.pdfs), **{f"pdfs_{k}": v for k, v in sorted(by_status.items())},
+                "pages": pages, "blank_pages": sum(e.blank_pages for e in done),
+                "failed_pages": sum(len(e.failed_pages) for e in done),
+                "tokens": sum(e.tokens for e in done), "seconds": round(elapsed, 1),
+                "pages_per_s": round(pages / elapsed, 3) if elapsed else 0.0,
+                "tokens_per_s": round(sum(e.tokens for e in done) / elapsed, 1) if elapsed else 0.0,
+                "counters": dict(sorted(counters.items()))}
+
+    def problems(self) -> list[PdfEntry]:
+        bad = (PdfStatus.FAILED, PdfStatus.PARTIAL, PdfStatus.UNFINISHED)
+        return [e for e in self.pdfs.values() if e.status in bad]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"settings": self.settings, "engine": self.engine, "interrupted": self.interrupted,
+                "totals": self.totals(), "events": self.events,
+                "pdfs": [e.to_json() for e in self.pdfs.values()]}
+
+    def write(self) -> None:
+        write_atomic(self.path, json.dumps(self.to_json(), indent=1, ensure_ascii=False, default=str) + "\n")
+
+    def summary_lines(self) -> list[str]:
+        t = self.totals()
+        lines = [f"{t['pdfs']} PDFs: " + ", ".join(f"{v} {k[5:]}" for k, v in t.items()
+                                                    if k.startswith("pdfs_")),
+                 f"{t['pages']} pages ({t['blank_pages']} blank, {t['failed_pages']} failed) in "
+                 f"{t['seconds']} s: {t['pages_per_s']} pages/s, {t['tokens_per_s']} tokens/s"]
+        if t["counters"]:
+            lines.append("clean-up: " + ", ".join(f"{k}={v}" for k, v in t["counters"].items()))
+        for e in self.problems():
+            why = e.error or (f"pages {e.failed_pages} failed" if e.failed_pages else "not finished")
+            lines.append(f"  {e.status.value}: {e.pdf}: {why}")
+        return lines

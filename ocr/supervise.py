@@ -1,0 +1,134 @@
+"""Keeps an engine alive: watches for death and hangs, restarts it, requeues lost pages, isolates killers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as StepTimeout
+from typing import Callable
+
+from .engine import Engine, EngineDead, dead_errors
+from .records import EngineOutput, PageKey, PageRequest
+
+log = logging.getLogger(__name__)
+KILLER_ERROR = "engine crashed on this page"
+
+
+class TooManyRestarts(RuntimeError):
+    pass
+
+
+class Supervisor:
+    """Wraps an engine factory. After a death the lost pages run in halving groups, one group at a time,
+    until the page that kills the engine is alone; alone twice, it fails with a stub and the run goes on."""
+
+    def __init__(self, factory: Callable[[], Engine], max_restarts: int, page_timeout: float,
+                 on_event: Callable[..., None] = lambda *a, **k: None):
+        self.factory = factory
+        self.max_restarts = max_restarts
+        self.page_timeout = page_timeout
+        self.on_event = on_event
+        self.restarts = 0
+        self.seconds_lost = 0.0
+        self.isolated: list[PageKey] = []
+        self._kills: Counter[PageKey] = Counter()
+        self._groups: deque[list[PageRequest]] = deque()
+        self._group: list[PageRequest] | None = None     # the suspect group running now, if any
+        self._stepper = ThreadPoolExecutor(1, thread_name_prefix="engine-step")
+        self._last_progress = time.monotonic()
+        self._dead: str | None = None                    # set when the engine died during submit
+        self._orphans: list[PageRequest] = []            # requests that never made it in
+        self.engine = factory()
+
+    def accepting(self) -> bool:
+        """New pages may go in only while no suspect group is waiting or running."""
+        return not self._groups and self._group is None
+
+    def submit(self, request: PageRequest) -> None:
+        if self.engine.in_flight() == 0:
+            self._last_progress = time.monotonic()
+        if self._dead:
+            self._orphans.append(request)
+            return
+        try:
+            self.engine.submit(request)
+        except dead_errors() as exc:
+            self._dead = f"{type(exc).__name__}: {exc}"
+            self._orphans.append(request)
+
+    def in_flight(self) -> int:
+        return self.engine.in_flight() + len(self._orphans) + sum(len(g) for g in self._groups)
+
+    def poll(self) -> list[EngineOutput]:
+        if self._group is None and self._groups and not self._dead:
+            self._start_group(self._groups.popleft())
+        if self._dead:
+            return self._recover(self._dead)
+        try:
+            outputs = self._step()
+        except dead_errors() as exc:
+            return self._recover(f"{type(exc).__name__}: {exc}")
+        if outputs:
+            self._last_progress = time.monotonic()
+        if self._group is not None and self.engine.in_flight() == 0:
+            self._group = None                              # the group ran through: none of it kills
+        return outputs
+
+    def _start_group(self, group: list[PageRequest]) -> None:
+        self._group = group
+        for request in group:
+            self.submit(request)
+
+    def _step(self) -> list[EngineOutput]:
+        """engine.poll() in a helper thread, so a hung engine cannot block the run forever."""
+        future = self._stepper.submit(self.engine.poll)
+        deadline = self._last_progress + self.page_timeout
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except StepTimeout:
+            self._stepper = ThreadPoolExecutor(1, thread_name_prefix="engine-step")  # the old one is stuck
+            raise EngineDead(f"engine hung: no page finished for {self.page_timeout:.0f} s") from None
+
+    def _recover(self, cause: str) -> list[EngineOutput]:
+        started = time.monotonic()
+        lost = self.engine.lost_requests() + self._orphans
+        self._orphans, self._dead = [], None
+        log.error("engine died (%s) with %d pages in flight; restarting", cause, len(lost))
+        self._close_engine()
+        self.restarts += 1
+        failed = self._requeue(lost)
+        self.on_event("engine_restart", cause=cause, pages_in_flight=len(lost), restart=self.restarts)
+        if self.restarts > self.max_restarts:
+            raise TooManyRestarts(f"engine died {self.restarts} times (--max-engine-restarts "
+                                  f"{self.max_restarts}); last cause: {cause}")
+        self.engine = self.factory()
+        self._last_progress = time.monotonic()
+        self.seconds_lost += time.monotonic() - started
+        return failed
+
+    def _requeue(self, lost: list[PageRequest]) -> list[EngineOutput]:
+        """Split the lost pages into halves to run one at a time; a lone page that killed twice fails."""
+        self._group = None
+        if len(lost) != 1:
+            half = (len(lost) + 1) // 2
+            self._groups.extendleft(g for g in (lost[half:], lost[:half]) if g)
+            return []
+        request = lost[0]
+        self._kills[request.key] += 1
+        if self._kills[request.key] < 2:
+            self._groups.appendleft(lost)
+            return []
+        self.isolated.append(request.key)
+        log.error("page %d of PDF #%d kills the engine: giving up on it", request.key.page, request.key.pdf)
+        return [EngineOutput(request.key, "", 0, None, error=KILLER_ERROR, attempt=request.attempt)]
+
+    def _close_engine(self) -> None:
+        try:
+            self.engine.close()
+        except Exception as exc:  # a dead engine often fails its own shutdown
+            log.debug("engine close after death: %s", exc)
+
+    def close(self) -> None:
+        self._close_engine()
+        self._stepper.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,64 @@
+"""A scripted engine double with the VllmEngine interface: deterministic text, and deaths or hangs on cue."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Callable
+
+from ocr.records import EngineOutput, PageKey, PageRequest
+
+try:  # the same exception type vLLM raises when its engine core dies
+    from vllm.v1.engine.exceptions import EngineDeadError
+except ImportError:  # pragma: no cover - vLLM is part of the test environment
+    from ocr.engine import EngineDead as EngineDeadError
+
+SPECIAL_TOKENS = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>",
+                  "<|grounding|>", "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>")
+
+
+def page_text(request: PageRequest) -> str:
+    """Text that depends on the rendered image, so a wrong or missing render shows in the output."""
+    digest = hashlib.sha256(request.image.tobytes()).hexdigest()[:12]
+    return f"# Page {request.key.page}\n\nText of page {request.key.page} (image {digest}).\n"
+
+
+class ScriptedEngine:
+    special_tokens = SPECIAL_TOKENS
+
+    def __init__(self, script: Callable[[PageRequest], str | tuple[str, str | None]] = page_text,
+                 kills: set[tuple[int, int]] = frozenset(), hangs: set[tuple[int, int]] = frozenset(),
+                 per_poll: int = 4, log: list | None = None):
+        self.script, self.kills, self.hangs, self.per_poll = script, kills, hangs, per_poll
+        self.log = log if log is not None else []    # every (pdf, page, attempt) submitted, across engines
+        self._in: dict[PageKey, PageRequest] = {}
+        self.closed = False
+
+    def submit(self, request: PageRequest) -> None:
+        self.log.append((request.key.pdf, request.key.page, request.attempt))
+        self._in[request.key] = request
+
+    def poll(self) -> list[EngineOutput]:
+        keys = {(k.pdf, k.page) for k in self._in}
+        if keys & self.kills:
+            raise EngineDeadError()
+        if keys & self.hangs:
+            threading.Event().wait(3600)
+        done = []
+        for key in list(self._in)[: self.per_poll]:
+            req = self._in.pop(key)
+            result = self.script(req)
+            text, finish = result if isinstance(result, tuple) else (result, "stop")
+            done.append(EngineOutput(key, text, len(text.split()), finish, attempt=req.attempt))
+        return done
+
+    def in_flight(self) -> int:
+        return len(self._in)
+
+    def lost_requests(self) -> list[PageRequest]:
+        lost = list(self._in.values())
+        self._in.clear()
+        return lost
+
+    def close(self) -> None:
+        self.closed = True
