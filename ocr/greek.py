@@ -35,8 +35,9 @@ _SWAP = {"greek": LATIN_TO_GREEK, "latin": GREEK_TO_LATIN}
 # before Greek look-alikes in it are turned Latin ("Νai" may be a garbled Greek "Ναι").
 _WEAK_LATIN = frozenset("ABEZHIKMNOPTYX" + "aiknoptuvwxy")
 # Two letters cannot tell a Greek word from notation (ΔT, MΩ, Kα, Hα), so a two-letter word
-# with one letter of each script is repaired only into one of these Greek words.
-_SHORT_GREEK = frozenset("αν απ αφ εκ εν θα κι μα με μη να οι σε τα τη τι το υπ".split())
+# with one letter of each script is repaired only into one of these Greek words (ΠΕ is the civil
+# service grade; ΔΕ is left out because ΔE, the energy difference, is common).
+_SHORT_GREEK = frozenset("αν απ αφ εκ εν θα κι μα με μη να οι πε σε τα τη τι το υπ".split())
 _CONTEXT_MIN = 3  # distinctive letters a line needs before it can decide on its own
 _CONTEXT_RATIO = 3  # the winning script needs this many times the other's distinctive letters
 
@@ -316,7 +317,7 @@ def repair(text: str) -> tuple[str, dict[str, int]]:
     - final_sigma_fixed (count: letters): σ -> ς at the end of an all-Greek run of ≥2 letters whose
       previous letter is lower case, when the next character is not a letter, mark, digit, hyphen
       (line-break hyphenation: προσ-\\nδιορισμός), apostrophe (elision: σ' αυτό) or "." (abbreviations
-      such as Ησ.). A lone σ (a variable, "σ)") is never changed.
+      such as Εκκλησ. for Ecclesiastes). A lone σ (a variable, "σ)") is never changed.
     LaTeX-ified Greek is only counted (see page_stats): `\\acute{o}` and friends do not map exactly to
     polytonic letters, so rewriting it would guess.
     """
