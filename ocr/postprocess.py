@@ -13,7 +13,10 @@ from ocr.grounding import GROUNDING_TAGS, Block, is_layout_label, iter_blocks
 Step = Callable[[str], tuple[str, int]]
 
 EOS = "<｜end▁of▁sentence｜>"  # full-width bars U+FF5C and U+2581, unlike the ASCII <|ref|> tags
-# Used only when the caller passes no tokenizer tokens (DeepSeek-OCR's tokenizer declares these).
+# Always stripped: the EOS and the two prompt markers. DeepSeek-OCR's tokenizer has the
+# markers as added tokens, so `all_special_tokens` may not list them.
+ALWAYS_STRIPPED = (EOS, "<image>", "<|grounding|>")
+# Used only when the caller passes no tokenizer tokens.
 DEFAULT_SPECIAL_TOKENS = (
     "<｜begin▁of▁sentence｜>", EOS, "<｜▁pad▁｜>", "<|User|>", "<|Assistant|>", "<image>",
     "<|grounding|>", *GROUNDING_TAGS,
@@ -123,7 +126,7 @@ def special_token_regex(tokens: tuple[str, ...]) -> re.Pattern[str]:
     tags such as `<td>` that DeepSeek-OCR's tokenizer declares as added tokens.
     """
     keep = {
-        t for t in (*tokens, EOS)
+        t for t in (*tokens, *ALWAYS_STRIPPED)
         if t.strip() and t not in GROUNDING_TAGS and not _HTML_TAG_TOKEN_RE.fullmatch(t)
     }
     if not keep:
@@ -132,7 +135,7 @@ def special_token_regex(tokens: tuple[str, ...]) -> re.Pattern[str]:
 
 
 def strip_special_tokens(text: str, special_tokens: Sequence[str] = ()) -> tuple[str, int]:
-    """Remove every special/meta token (the tokenizer's, or the defaults) and the EOS string."""
+    """Remove every special/meta token: the tokenizer's (or the defaults) and ALWAYS_STRIPPED."""
     return special_token_regex(tuple(special_tokens) or DEFAULT_SPECIAL_TOKENS).subn("", text)
 
 
@@ -341,7 +344,7 @@ def strip_box_prefixes(text: str) -> tuple[str, int]:
     def drop(m: re.Match[str]) -> str:
         label = m.group("label") or ""
         return "" if is_layout_label(label) or not label else label + m.group("nl")
-    return _BOX_PREFIX_RE.subn(drop, text)
+    return _until_stable(lambda t: _BOX_PREFIX_RE.subn(drop, t), text)
 
 
 def close_dangling_blocks(text: str) -> tuple[str, int]:
