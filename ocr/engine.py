@@ -170,13 +170,16 @@ class VllmEngine:
         log.info("engine: ready in %.1f s", self.load_seconds)
 
     def _guard_is_active(self) -> bool:
-        """With ngram_size=1 no token may repeat within the window; without the guard a model repeats."""
+        """With ngram_size=2 no token pair may repeat within the window; an unguarded model loops at once.
+
+        (ngram_size=1 cannot be used: the guard's prefix slice ids[-0:] is then the whole output.)"""
         from vllm import SamplingParams
 
         probe = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True,
-                               extra_args={"ngram_size": 1, "window_size": 24})
-        ids = self.llm.generate(["the of and"], probe, use_tqdm=False)[0].outputs[0].token_ids
-        return len(set(ids)) == len(ids)
+                               extra_args={"ngram_size": 2, "window_size": 24})
+        ids = list(self.llm.generate(["the of and"], probe, use_tqdm=False)[0].outputs[0].token_ids)
+        pairs = list(zip(ids, ids[1:]))
+        return len(set(pairs)) == len(pairs)
 
     def submit(self, request: PageRequest) -> None:
         rid = request.key.request_id(request.attempt)

@@ -115,6 +115,9 @@ class Pipeline:
             sup = Supervisor(self.engine_factory, self.cfg.max_engine_restarts, self.cfg.page_timeout,
                              on_event=self.report.event)
             self.special_tokens = tuple(getattr(sup.engine, "special_tokens", ()))
+            self.report.engine.update({k: round(v, 1) if isinstance(v, float) else v
+                                       for k in ("load_seconds", "guard_active")
+                                       if (v := getattr(sup.engine, k, None)) is not None})
             try:
                 self._loop(renderer, sup)
             except TooManyRestarts as exc:

@@ -30,11 +30,12 @@ def open_pdf(path: Path) -> pymupdf.Document:
         raise PdfError(f"cannot read file: {exc.strerror or exc}") from exc
     if size == 0:
         raise PdfError("empty file (0 bytes)")
+    if b"%PDF" not in head:  # MuPDF would "repair" any file into a page; readers require the header
+        raise PdfError("not a PDF (no %PDF header in the first 1024 bytes)")
     try:
         doc = pymupdf.open(path, filetype="pdf")
     except Exception as exc:
-        what = "damaged PDF" if b"%PDF" in head else "not a PDF (no %PDF header)"
-        raise PdfError(f"{what}: {exc}") from exc
+        raise PdfError(f"damaged PDF: {exc}") from exc
     if doc.needs_pass and not doc.authenticate(""):
         doc.close()
         raise PdfError("encrypted PDF: needs a password")
@@ -49,7 +50,7 @@ def page_zoom(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> f
     zoom = dpi / 72.0
     area = max(width_pt, 1.0) * max(height_pt, 1.0) * zoom * zoom
     if area > max_pixels:
-        zoom *= (max_pixels / area) ** 0.5
+        zoom *= (max_pixels / area) ** 0.5 * 0.99   # MuPDF rounds pixmap sides up: stay under the cap
     return zoom
 
 

@@ -1,0 +1,176 @@
+"""Bad input: each kind is reported with a clear reason and the run goes on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import fixture_pdf, load_report, pdf_entry, run_cli
+from doubles import ScriptedEngine
+from pdfgen import ENGLISH, make_pdf, numbered_pages
+
+
+def run_with_good_neighbour(src: Path, out: Path, engine=None) -> tuple[int, dict]:
+    """Every bad file sits next to a good PDF, which must still come out complete."""
+    make_pdf(src / "zz_good.pdf", [ENGLISH])
+    code = run_cli(["--input-dir", str(src), "--output-dir", str(out)], engine=engine)
+    report = load_report(out)
+    assert pdf_entry(report, "zz_good.pdf")["status"] == "complete"
+    assert (out / "zz_good.md").exists()
+    return code, report
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("empty.pdf", b"", "empty file (0 bytes)"),
+    ("not_a_pdf.pdf", b"<html>this is a web page saved as .pdf</html>" * 20, "not a PDF"),
+    ("truncated.pdf", None, "damaged PDF"),
+])
+def test_broken_files_fail_alone(tmp_path, name, content, reason):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    if content is None:  # the first 300 bytes of a real PDF: header, no page tree, no xref
+        good = make_pdf(tmp_path / "whole.pdf", numbered_pages(3))
+        content = good.read_bytes()[:300]
+    (src / name).write_bytes(content)
+    code, report = run_with_good_neighbour(src, out)
+    assert code == 1
+    entry = pdf_entry(report, name)
+    assert entry["status"] == "failed" and reason in entry["error"]
+    assert not (out / (Path(name).stem + ".md")).exists()
+
+
+@pytest.mark.parametrize("fixture, reason", [
+    ("bad_encrypted_user_password.pdf", "encrypted PDF: needs a password"),
+    ("bad_zero_pages_in_mupdf_cad_drawing.pdf", "PDF has no pages"),
+])
+def test_real_bad_pdfs_are_reported(tmp_path, fixture, reason):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(fixture_pdf(fixture), src / fixture)
+    code, report = run_with_good_neighbour(src, out)
+    assert code == 1
+    entry = pdf_entry(report, fixture)
+    assert entry["status"] == "failed" and reason in entry["error"]
+
+
+def test_mangled_scan_is_repaired_and_ocred(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(fixture_pdf("bad_mangled_scanner_output.pdf"), src / "scan.pdf")
+    code, report = run_with_good_neighbour(src, out)
+    assert code == 0 and pdf_entry(report, "scan.pdf")["status"] == "complete"
+
+
+def test_poster_page_is_rendered_within_the_pixel_cap(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(fixture_pdf("en_scan_poster_huge_page.pdf"), src / "poster.pdf")
+    sizes = []
+
+    def script(request):
+        sizes.append(request.image.size)
+        return "poster text"
+
+    code, _ = run_with_good_neighbour(src, out, engine=ScriptedEngine(script=script))
+    assert code == 0
+    poster = [w * h for w, h in sizes if w * h > 3_000_000]
+    assert poster and all(p <= 12_000_000 for p in poster)   # 36000 x 72000 px at 144 dpi otherwise
+
+
+def test_a_page_that_fails_to_render_is_stubbed(tmp_path, monkeypatch):
+    """A page whose render raises gets a failure stub; the PDF's other pages are kept."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "a.pdf", numbered_pages(3))
+    import ocr.render as render
+    original = render.render_task
+
+    def flaky(path, key, dpi, max_pixels):
+        if key.page == 2:
+            return render.RenderedPage(key, error="render failed: RuntimeError: broken content stream")
+        return original(path, key, dpi, max_pixels)
+
+    monkeypatch.setattr(render, "render_task", flaky)
+    monkeypatch.setattr(render.Renderer, "_new_pool", lambda self: _InlinePool())
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(out)]) == 1
+    md = (out / "a.md").read_text(encoding="utf-8")
+    assert "[[Page 2 failed: render failed: RuntimeError: broken content stream]]" in md
+    assert "# Page 3" in md
+    assert pdf_entry(load_report(out), "a.pdf")["status"] == "partial"
+
+
+class _InlinePool:
+    """Runs render tasks in this process, so a monkeypatched render_task takes effect."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self, **kwargs):
+        pass
+
+
+def test_odd_file_names(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    names = ["Νόμος 2292 (1995).pdf", "with space's & \"quotes\".pdf", "ΦΕΚ Α' 58.pdf"]
+    for name in names:
+        make_pdf(src / name, [ENGLISH])
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(out)]) == 0
+    for name in names:
+        assert (out / (name[:-4] + ".md")).read_text(encoding="utf-8").startswith("# Page 1")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
+def test_unreadable_file(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    os.symlink(tmp_path / "gone.pdf", src / "dangling.pdf")      # unreadable even for root
+    code, report = run_with_good_neighbour(src, out)
+    assert code == 1
+    assert "cannot read file" in pdf_entry(report, "dangling.pdf")["error"]
+
+
+def test_unwritable_output_dir_stops_before_the_engine(tmp_path, capsys):
+    src = tmp_path / "in"
+    make_pdf(src / "a.pdf", [ENGLISH])
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    built = []
+    code = run_cli(["--input-dir", str(src), "--output-dir", str(blocker / "out")],
+                   engine_factory=lambda: built.append(1))
+    assert code == 2 and built == []
+    assert "cannot write to --output-dir" in capsys.readouterr().err
+
+
+def test_bad_flags_are_usage_errors(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(tmp_path / "o"), "--num-shards", "2",
+                    "--shard-index", "2"]) == 2
+    assert run_cli(["--input-dir", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--shard-index must be in" in err and "is not a folder" in err
+
+
+def test_thousand_page_pdf_streams_through(tmp_path):
+    """1,000 pages go through with a bounded window: never more than the render window is held."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "big.pdf", [f"p{i}" for i in range(1000)], size=(200, 200))
+    peak = []
+
+    class Counting(ScriptedEngine):
+        def poll(self):
+            peak.append(len(self._in))
+            return super().poll()
+
+    engine = Counting(script=lambda r: f"t{r.key.page}", per_poll=16)
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(out), "--batch-pages", "16"],
+                   engine=engine) == 0
+    md = (out / "big.md").read_text(encoding="utf-8")
+    assert md.count("----- Page ") == 999 and "----- Page 1000 -----\n\nt1000" in md
+    assert max(peak) <= 16
