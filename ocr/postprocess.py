@@ -201,9 +201,8 @@ def drop_runaway_latex(text: str) -> tuple[str, int]:
 
 MIN_DEGENERATE_LINE = 400  # characters
 MIN_LOOP_LINES, MIN_LOOP_CHARS, LOOP_LOOKBACK = 10, 200, 4
-# Loop debris between two stretches of repeats: up to MAX_GAP_LINES lines of at most
-# MAX_GAP_CHARS, between stretches of MIN_STRETCH+ repeats (a grounded page alternates
-# one repeated tag line with one text line, which must never merge).
+# Loop debris between two stretches of repeats of the same line: up to MAX_GAP_LINES
+# lines of at most MAX_GAP_CHARS, between stretches of MIN_STRETCH+ repeats.
 MAX_GAP_LINES, MAX_GAP_CHARS, MIN_STRETCH = 2, 40, 3
 _TABLE_LINE_RE = re.compile(r"^\s*\||<t[rdh]\b|<table\b", re.IGNORECASE)
 
@@ -248,9 +247,10 @@ def _loop_spans(keys: list[str]) -> list[tuple[int, int]]:
     for start, end in _repeat_stretches(rep):
         if merged:
             prev_start, prev_end = merged[-1]
-            gap = keys[prev_end:start]
+            gap, before = keys[prev_end:start], keys[max(prev_start, prev_end - LOOP_LOOKBACK):prev_end]
             if (len(gap) <= MAX_GAP_LINES and all(len(g) <= MAX_GAP_CHARS for g in gap)
-                    and prev_end - prev_start >= MIN_STRETCH and end - start >= MIN_STRETCH):
+                    and prev_end - prev_start >= MIN_STRETCH and end - start >= MIN_STRETCH
+                    and any(_similar(keys[start], k) for k in before)):  # the same loop goes on
                 merged[-1] = (prev_start, end)
                 continue
         merged.append((start, end))
@@ -275,25 +275,38 @@ def _absorb_debris(keys: list[str], start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+def _untagged(line: str) -> str:
+    """A line without its grounding blocks and tags: what a loop check should compare."""
+    for block in reversed(list(iter_blocks(line))):
+        line = line[:block.start] + line[block.end:]
+    return " ".join(re.sub(r"<\|/?(?:ref|det)\|>", "", line).split())
+
+
 def drop_runaway_lines(text: str) -> tuple[str, int]:
     """Drop the output of a generation loop.
 
     Two shapes: one long line that is a short unit repeated (sample 01), and a stretch
-    of MIN_LOOP_LINES+ non-blank lines, MIN_LOOP_CHARS+ characters, each near-identical
-    to one of the LOOP_LOOKBACK lines before it, allowing short debris between (samples
-    01, 22). Adjacent lines made only of the loop's own words (its first copy, its
-    truncated last line) go with it. Table rows are left to the table steps.
+    of MIN_LOOP_LINES+ lines, MIN_LOOP_CHARS+ characters, each near-identical to one of
+    the LOOP_LOOKBACK lines before it, allowing short debris between (samples 01, 22).
+    Adjacent lines made only of the loop's own words (its first copy, its truncated last
+    line) go with it. Lines are compared without grounding tags, so a grounded page of
+    short similar blocks is judged like its clean text; the tag lines inside a loop go
+    with it. Table rows are left to the table steps.
     """
     lines = text.split("\n")
+    keys = [_untagged(line) for line in lines]
     drop = {
-        i for i, line in enumerate(lines)
-        if len(line) >= MIN_DEGENERATE_LINE and not _TABLE_LINE_RE.search(line)
-        and _is_degenerate(line)
+        i for i, key in enumerate(keys)
+        if len(key) >= MIN_DEGENERATE_LINE and not _TABLE_LINE_RE.search(key)
+        and _is_degenerate(key)
     }
-    content = [i for i, line in enumerate(lines) if line.strip() and i not in drop]
-    keys = [" ".join(lines[i].split()) for i in content]
-    for start, end in _loop_spans(keys):
-        drop.update(content[start:end])
+    content = [i for i, key in enumerate(keys) if key and i not in drop]
+    for start, end in _loop_spans([keys[i] for i in content]):
+        first = content[start - 1] + 1 if start else 0
+        last = content[end] if end < len(content) else len(lines)
+        # from the tag lines after the previous real line to the loop's last line (or the end)
+        span = range(first, content[end - 1] + 1 if end < len(content) else last)
+        drop.update(i for i in span if lines[i].strip())
     return "\n".join(line for i, line in enumerate(lines) if i not in drop), len(drop)
 
 

@@ -348,6 +348,12 @@ def test_drop_runaway_lines_never_merges_a_normal_grounded_page() -> None:
     assert pp.drop_runaway_lines(page) == (page, 0)
 
 
+def test_short_similar_blocks_are_not_a_loop() -> None:
+    """A list of figures, one grounded block each: tags are not counted as loop text."""
+    page = "\n\n".join(f"{tag(x=i)}\nFigure {i}" for i in range(1, 15))
+    assert pp.drop_runaway_lines(page) == (page, 0)
+
+
 def test_drop_runaway_lines_degenerate_long_line() -> None:
     garbage = "<|ref|>equation<|/ref|><|det|>[" + "underline[" * 300
     text, count = pp.drop_runaway_lines(f"Gradient und Hesse-Matrix\n\n{garbage}\n\nf)")
