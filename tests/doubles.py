@@ -8,11 +8,6 @@ from typing import Callable
 
 from ocr.records import EngineOutput, PageKey, PageRequest
 
-try:  # the same exception type vLLM raises when its engine core dies
-    from vllm.v1.engine.exceptions import EngineDeadError
-except ImportError:  # pragma: no cover - vLLM is part of the test environment
-    from ocr.engine import EngineDead as EngineDeadError
-
 SPECIAL_TOKENS = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>",
                   "<|grounding|>", "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>")
 
@@ -41,6 +36,9 @@ class ScriptedEngine:
     def poll(self) -> list[EngineOutput]:
         keys = {(k.pdf, k.page) for k in self._in}
         if keys & self.kills:
+            # the same exception type vLLM raises when its engine core dies (imported late: vLLM is slow
+            # to import, and subprocess drivers that never kill should start fast)
+            from vllm.v1.engine.exceptions import EngineDeadError
             raise EngineDeadError()
         if keys & self.hangs:
             threading.Event().wait(3600)

@@ -1,0 +1,114 @@
+"""Kills and signals: outputs after any number of kills equal an uninterrupted run, byte for byte."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, load_report
+from pdfgen import ENGLISH, GREEK, make_pdf, numbered_pages
+
+DRIVER = ROOT / "tests" / "drive_double.py"
+
+
+def corpus(src: Path) -> None:
+    make_pdf(src / "a.pdf", numbered_pages(4, "Alpha"))
+    make_pdf(src / "sub" / "b.pdf", [GREEK, None, ENGLISH])
+    make_pdf(src / "c.pdf", numbered_pages(5, "Gamma"))
+
+
+def start(src: Path, out: Path, step_s: float = 0.1) -> subprocess.Popen:
+    args = [sys.executable, str(DRIVER), "--input-dir", str(src), "--output-dir", str(out),
+            "--render-workers", "1", "--batch-pages", "3", "--no-progress"]
+    env = {**os.environ, "OCR_DOUBLE_STEP_S": str(step_s)}
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.md"))}
+
+
+def leftovers(out: Path) -> list[Path]:
+    state = out / ".ocr-state" / "journal"
+    return list(out.rglob("*.part")) + list(out.rglob(".tmp-*")) + (list(state.iterdir()) if state.exists() else [])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    base = tmp_path_factory.mktemp("reference")
+    corpus(base / "in")
+    proc = start(base / "in", base / "out", step_s=0.0)
+    assert proc.wait(120) == 0, proc.stderr.read()
+    return base / "in", outputs(base / "out")
+
+
+def test_random_kills_then_resume_match_an_uninterrupted_run(tmp_path, reference):
+    src, expected = reference
+    out = tmp_path / "out"
+    rng = random.Random(1234)
+    kills = 0
+    for _ in range(30):
+        proc = start(src, out)
+        try:
+            proc.wait(timeout=rng.uniform(0.5, 5.0))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            kills += 1
+        if kills >= 12:
+            break
+    assert kills >= 10
+    final = start(src, out)
+    assert final.wait(180) == 0, final.stderr.read()
+    assert outputs(out) == expected
+    assert leftovers(out) == []
+    assert load_report(out)["totals"]["pdfs_complete"] + load_report(out)["totals"].get("pdfs_skipped", 0) == 3
+
+
+def _wait_for_journal_page(out: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    journal = out / ".ocr-state" / "journal"
+    while time.monotonic() < deadline:
+        if journal.exists() and any(len(p.read_text().splitlines()) > 1 for p in journal.iterdir()):
+            return
+        time.sleep(0.05)
+    raise AssertionError("no page was journaled")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_gracefully_and_the_next_run_finishes(tmp_path, reference, sig):
+    src, expected = reference
+    out = tmp_path / "out"
+    proc = start(src, out, step_s=0.3)
+    _wait_for_journal_page(out)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    assert proc.wait(30) == 130
+    assert time.monotonic() - sent < 15
+    report = load_report(out)
+    assert report["interrupted"] == f"stopped by {sig.name}"
+    assert report["totals"].get("pdfs_unfinished", 0) >= 1
+    assert list(out.rglob("*.part")) == []
+    final = start(src, out, step_s=0.0)
+    assert final.wait(120) == 0, final.stderr.read()
+    assert outputs(out) == expected and leftovers(out) == []
+
+
+def test_second_signal_exits_at_once(tmp_path, reference):
+    src, _ = reference
+    out = tmp_path / "out"
+    proc = start(src, out, step_s=2.0)
+    _wait_for_journal_page(out)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 130
+    assert time.monotonic() - sent < 5
