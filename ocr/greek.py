@@ -45,6 +45,7 @@ _HYPHENS = "-\u00ad\u2010\u2011\u2012\u2013"
 _APOSTROPHES = "'`\u00b4\u02b9\u02bc\u0374\u0384\u1fbd\u1fbf\u2018\u2019\u2032"
 _NFC_KEEP = frozenset("\u1fef")  # GREEK VARIA: its NFC form is "`", a Markdown code delimiter
 
+# Spans repair never touches. The leftmost match wins; at one position, the earlier alternative.
 _PROTECTED = re.compile(
     r"(?P<fence>^[ \t]*(?P<fchar>`{3,}|~{3,}).*?(?:\n[ \t]*(?P=fchar)[ \t]*(?=\n|\Z)|\Z))"
     r"|(?P<code>(?P<ticks>`+)(?!`).+?(?<!`)(?P=ticks)(?!`))"
@@ -64,12 +65,14 @@ _GREEK_NAMES = (
     "Upsilon Phi Chi Psi Omega"
 ).split()
 _GREEK_CMD = r"\\(?:" + "|".join(_GREEK_NAMES) + r")(?![A-Za-z])"
-_TONOS_ACCENT = r"\\(?:acute|grave)\s*\{\s*(?:" + _GREEK_CMD + r"|[A-Za-z])\s*\}|\\['`](?:\{[A-Za-z]\}|[A-Za-z])"
+_TONOS_ACCENT = (
+    r"\\(?:acute|grave)\s*\{\s*(?:" + _GREEK_CMD + r"|[A-Za-z])\s*\}|\\['`](?:\{[A-Za-z]\}|[A-Za-z])"
+)
 _OTHER_ACCENT = r"\\(?:tilde|breve|bar|ddot|dot|hat|check|mathring|vec)\s*\{\s*" + _GREEK_CMD + r"\s*\}"
 _LATEX_TOKEN = re.compile(f"(?P<tonos>{_TONOS_ACCENT})|{_OTHER_ACCENT}|{_GREEK_CMD}")
-_LATEX_RUN = re.compile(
-    f"(?:{_TONOS_ACCENT}|{_OTHER_ACCENT}|{_GREEK_CMD})(?:(?:\\{{\\}}|\\$\\$?)?(?:{_TONOS_ACCENT}|{_OTHER_ACCENT}|{_GREEK_CMD}))*"
-)
+_ANY_TOKEN = f"(?:{_TONOS_ACCENT}|{_OTHER_ACCENT}|{_GREEK_CMD})"
+# Tokens glued together, or split only by "{}" or by "$"/"$$" (one math span per letter).
+_LATEX_RUN = re.compile(_ANY_TOKEN + r"(?:(?:\{\}|\$\$?)?" + _ANY_TOKEN + ")*")
 
 
 @lru_cache(maxsize=8192)
@@ -146,10 +149,10 @@ def _letters(word: str) -> list[str]:
 
 def _ordinary_case(letters: list[str]) -> bool:
     """UPPER, lower or Title case; anything else (μA, IκB, pH) is notation, not a word."""
-    rest = letters[1:]
-    return all(c.isupper() for c in letters) or all(c.islower() for c in rest) and (
-        letters[0].islower() or letters[0].isupper()
-    )
+    if all(c.isupper() for c in letters):
+        return True
+    first, rest = letters[0], letters[1:]
+    return (first.isupper() or first.islower()) and all(c.islower() for c in rest)
 
 
 def _plain_word(text: str, start: int, chunks: dict[int, bool]) -> bool:
@@ -169,7 +172,7 @@ def _chunk_flags(text: str) -> dict[int, bool]:
 
 
 def _final_sigma(word: str, nxt: str, allow_period: bool) -> bool:
-    """Word-final σ: a Greek word of ≥2 letters ending in σ after a lower-case letter, then no hyphen/apostrophe."""
+    """σ ending an all-Greek word of ≥2 letters, after a lower-case letter, not before a hyphen/apostrophe."""
     letters = _letters(word)
     if word[-1:] != "σ" or len(letters) < 2 or any(_script(c) != "greek" for c in letters):
         return False
@@ -221,7 +224,8 @@ def _target_script(word: str, context: Callable[[], str | None]) -> str | None:
     if latin_swappable:
         as_greek = unicodedata.normalize("NFC", _swap(word, "greek")).lower()
         return "greek" if len(letters) >= 3 or as_greek in _SHORT_GREEK else None
-    if greek_swappable and len(letters) >= 3 and any(_script(c) == "latin" and c not in _WEAK_LATIN for c in letters):
+    strong_latin = any(_script(c) == "latin" and c not in _WEAK_LATIN for c in letters)
+    if greek_swappable and len(letters) >= 3 and strong_latin:
         return "latin"
     return None
 
@@ -280,8 +284,10 @@ def page_stats(text: str) -> dict[str, float | int]:
     for start, end in _words(text, segments):
         word = text[start:end]
         mixed += {"greek", "latin"} <= {_script(c) for c in word}
-        sigma += _plain_word(text, start, chunks) and _final_sigma(word, text[end : end + 1], allow_period=True)
-    non_nfc = sum(1 for s, e in _clusters(text, segments) if unicodedata.normalize("NFC", text[s:e]) != text[s:e])
+        if _plain_word(text, start, chunks):
+            sigma += _final_sigma(word, text[end : end + 1], allow_period=True)
+    clusters = (text[s:e] for s, e in _clusters(text, segments))
+    non_nfc = sum(1 for cluster in clusters if unicodedata.normalize("NFC", cluster) != cluster)
     total = letters["greek"] + letters["latin"] + letters["other"]
     stats: dict[str, float | int] = {
         "mixed_script_words": mixed,
