@@ -237,40 +237,56 @@ def _repeat_stretches(rep: list[bool]) -> list[tuple[int, int]]:
     return out
 
 
-def _loop_spans(keys: list[str]) -> list[tuple[int, int]]:
-    """[start, end) spans of key indices that belong to a generation loop."""
+def _loop_spans(keys: list[str | None]) -> list[tuple[int, int]]:
+    """[start, end) spans of key indices that belong to a generation loop (None: a table row)."""
     rep = [
-        any(_similar(keys[j], keys[k]) for k in range(max(0, j - LOOP_LOOKBACK), j))
+        keys[j] is not None and any(
+            keys[k] is not None and _similar(keys[j], keys[k])
+            for k in range(max(0, j - LOOP_LOOKBACK), j)
+        )
         for j in range(len(keys))
     ]
     merged: list[tuple[int, int]] = []
     for start, end in _repeat_stretches(rep):
-        if merged:
-            prev_start, prev_end = merged[-1]
-            gap, before = keys[prev_end:start], keys[max(prev_start, prev_end - LOOP_LOOKBACK):prev_end]
-            if (len(gap) <= MAX_GAP_LINES and all(len(g) <= MAX_GAP_CHARS for g in gap)
-                    and prev_end - prev_start >= MIN_STRETCH and end - start >= MIN_STRETCH
-                    and any(_similar(keys[start], k) for k in before)):  # the same loop goes on
-                merged[-1] = (prev_start, end)
-                continue
-        merged.append((start, end))
+        if merged and _same_loop(keys, merged[-1], (start, end)):
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
     loops = [
         (s, e) for s, e in merged
-        if sum(rep[s:e]) >= MIN_LOOP_LINES and sum(map(len, keys[s:e])) >= MIN_LOOP_CHARS
+        if sum(rep[s:e]) >= MIN_LOOP_LINES and sum(len(k or "") for k in keys[s:e]) >= MIN_LOOP_CHARS
     ]
     return [_absorb_debris(keys, s, e) for s, e in loops]
+
+
+def _same_loop(keys: list[str | None], prev: tuple[int, int], nxt: tuple[int, int]) -> bool:
+    """Two stretches of repeats split by a little debris, the second repeating the first."""
+    gap = keys[prev[1]:nxt[0]]
+    return (
+        len(gap) <= MAX_GAP_LINES and all(g is not None and len(g) <= MAX_GAP_CHARS for g in gap)
+        and prev[1] - prev[0] >= MIN_STRETCH and nxt[1] - nxt[0] >= MIN_STRETCH
+        and any(_similar(keys[nxt[0]], k) for k in keys[max(prev[0], prev[1] - LOOP_LOOKBACK):prev[1]])
+    )
 
 
 def _words(line: str) -> set[str]:
     return {w.casefold() for w in re.findall(r"[^\W\d_]+", line)}
 
 
-def _absorb_debris(keys: list[str], start: int, end: int) -> tuple[int, int]:
-    """Widen a loop over the lines next to it that use no word the loop does not use."""
-    vocab = set().union(*(_words(k) for k in keys[start:end]))
-    while start > 0 and _words(keys[start - 1]) <= vocab:
+def _absorb_debris(keys: list[str | None], start: int, end: int) -> tuple[int, int]:
+    """Widen a loop over the lines next to it that use no word the loop does not use.
+
+    Lines with digits but no word, and table rows, are never debris."""
+    vocab = set().union(*(_words(k) for k in keys[start:end] if k))
+
+    def debris(key: str | None) -> bool:
+        if key is None:
+            return False
+        found = _words(key)
+        return found <= vocab if found else not any(ch.isdigit() for ch in key)
+    while start > 0 and debris(keys[start - 1]):
         start -= 1
-    while end < len(keys) and _words(keys[end]) <= vocab:
+    while end < len(keys) and debris(keys[end]):
         end += 1
     return start, end
 
@@ -291,22 +307,22 @@ def drop_runaway_lines(text: str) -> tuple[str, int]:
     Adjacent lines made only of the loop's own words (its first copy, its truncated last
     line) go with it. Lines are compared without grounding tags, so a grounded page of
     short similar blocks is judged like its clean text; the tag lines inside a loop go
-    with it. Table rows are left to the table steps.
+    with it. Table rows are never part of a loop (numeric rows look alike): the table
+    steps own them.
     """
     lines = text.split("\n")
     keys = [_untagged(line) for line in lines]
+    table = [bool(_TABLE_LINE_RE.search(key)) for key in keys]
     drop = {
         i for i, key in enumerate(keys)
-        if len(key) >= MIN_DEGENERATE_LINE and not _TABLE_LINE_RE.search(key)
-        and _is_degenerate(key)
+        if len(key) >= MIN_DEGENERATE_LINE and not table[i] and _is_degenerate(key)
     }
     content = [i for i, key in enumerate(keys) if key and i not in drop]
-    for start, end in _loop_spans([keys[i] for i in content]):
+    for start, end in _loop_spans([None if table[i] else keys[i] for i in content]):
         first = content[start - 1] + 1 if start else 0
-        last = content[end] if end < len(content) else len(lines)
         # from the tag lines after the previous real line to the loop's last line (or the end)
-        span = range(first, content[end - 1] + 1 if end < len(content) else last)
-        drop.update(i for i in span if lines[i].strip())
+        last = content[end - 1] if end < len(content) else len(lines) - 1
+        drop.update(i for i in range(first, last + 1) if lines[i].strip())
     return "\n".join(line for i, line in enumerate(lines) if i not in drop), len(drop)
 
 

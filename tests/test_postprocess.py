@@ -354,6 +354,18 @@ def test_short_similar_blocks_are_not_a_loop() -> None:
     assert pp.drop_runaway_lines(page) == (page, 0)
 
 
+def test_numeric_table_rows_are_not_a_loop() -> None:
+    rows = "\n".join(f"| {2000 + i} | 1.{i % 10}0 | 3.{i % 7}5 | 10.{i % 3}0 |" for i in range(24))
+    table = "| Year | A | B | C |\n|---|---|---|---|\n" + rows
+    assert pp.drop_runaway_lines(table) == (table, 0)
+
+
+def test_a_number_next_to_a_loop_is_kept() -> None:
+    loop = "\n".join(["overline[[overline][||"] * 20)
+    text, count = pp.drop_runaway_lines(f"Seite\n12\n{loop}\n¯|||")
+    assert (text, count) == ("Seite\n12", 21)
+
+
 def test_drop_runaway_lines_degenerate_long_line() -> None:
     garbage = "<|ref|>equation<|/ref|><|det|>[" + "underline[" * 300
     text, count = pp.drop_runaway_lines(f"Gradient und Hesse-Matrix\n\n{garbage}\n\nf)")
