@@ -428,6 +428,16 @@ def test_process_page(mode: str, raw: str, expected: str, counters: dict) -> Non
     assert process_page(raw, mode=mode) == (expected, counters)
 
 
+@pytest.mark.parametrize("mode", pp.MODES)
+def test_process_page_drops_latex_walls(mode: str) -> None:
+    equation = tag("equation") + "\n$$\n\\begin{array}{c} x " + "\\\\ " * 400 + "\n$$"
+    bare = tag() + "\n" + "\\\\ " * 300
+    raw = f"{tag()}\nSatz 1.\n\n{equation}\n\n{bare}\n\n{tag()}\nSatz 2."
+    out, counters = process_page(raw, mode=mode)
+    assert "\\\\" not in out and "Satz 1." in out and "Satz 2." in out
+    assert counters["latex_blocks_dropped"] == 1 and counters["runaway_lines_dropped"] == 1
+
+
 def test_process_page_rejects_unknown_mode() -> None:
     with pytest.raises(ValueError, match="mode"):
         process_page("x", mode="markdown")
