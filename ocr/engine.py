@@ -157,8 +157,11 @@ class VllmEngine:
         for note in notes:
             log.info("engine: %s", note)
         start = time.perf_counter()
+        before = _child_pids()
         self.llm = LLM(**kwargs)
         self.load_seconds = time.perf_counter() - start
+        # The engine core and its workers: reaped on close even if the core is hung or already dead.
+        self._procs = [p for p in _children() if p.pid not in before]
         self.tokenizer = self.llm.get_tokenizer()
         self.special_tokens = tuple(self.tokenizer.all_special_tokens)
         self._params = sampling_params(cfg, table_tag_ids(self.tokenizer))
@@ -215,10 +218,40 @@ class VllmEngine:
         return lost
 
     def close(self) -> None:
-        llm = getattr(self, "llm", None)
+        """Shut the engine down and make sure its processes are gone (GPU memory is freed with them)."""
+        llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
-            shutdown = getattr(llm.llm_engine, "shutdown", None) or getattr(llm.llm_engine.engine_core,
-                                                                           "shutdown", None)
-            if shutdown:
-                shutdown()
-            self.llm = None
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception as exc:  # a dead or hung core often fails its own shutdown
+                log.debug("engine shutdown: %s", exc)
+        _reap(getattr(self, "_procs", []))
+
+    def process_ids(self) -> list[int]:
+        return [p.pid for p in getattr(self, "_procs", [])]
+
+
+def _children() -> list:
+    import psutil
+    return psutil.Process().children(recursive=True)
+
+
+def _child_pids() -> set[int]:
+    return {p.pid for p in _children()}
+
+
+def _reap(procs: list, grace_s: float = 10.0) -> None:
+    import psutil
+    alive = [p for p in procs if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as StepTimeout
+import threading
+from concurrent.futures import Future, TimeoutError as StepTimeout
 from typing import Callable
 
 from .engine import Engine, EngineDead, dead_errors
@@ -35,7 +36,6 @@ class Supervisor:
         self._kills: Counter[PageKey] = Counter()
         self._groups: deque[list[PageRequest]] = deque()
         self._group: list[PageRequest] | None = None     # the suspect group running now, if any
-        self._stepper = ThreadPoolExecutor(1, thread_name_prefix="engine-step")
         self._last_progress = time.monotonic()
         self._dead: str | None = None                    # set when the engine died during submit
         self._orphans: list[PageRequest] = []            # requests that never made it in
@@ -81,13 +81,20 @@ class Supervisor:
             self.submit(request)
 
     def _step(self) -> list[EngineOutput]:
-        """engine.poll() in a helper thread, so a hung engine cannot block the run forever."""
-        future = self._stepper.submit(self.engine.poll)
+        """engine.poll() in a daemon thread, so a hung engine can block neither the run nor its exit."""
+        future: Future = Future()
+
+        def step() -> None:
+            try:
+                future.set_result(self.engine.poll())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        threading.Thread(target=step, name="engine-step", daemon=True).start()
         deadline = self._last_progress + self.page_timeout
         try:
             return future.result(timeout=max(0.0, deadline - time.monotonic()))
         except StepTimeout:
-            self._stepper = ThreadPoolExecutor(1, thread_name_prefix="engine-step")  # the old one is stuck
             raise EngineDead(f"engine hung: no page finished for {self.page_timeout:.0f} s") from None
 
     def _recover(self, cause: str) -> list[EngineOutput]:
@@ -131,4 +138,3 @@ class Supervisor:
 
     def close(self) -> None:
         self._close_engine()
-        self._stepper.shutdown(wait=False, cancel_futures=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from typing import Callable
 
 from ocr.records import EngineOutput, PageKey, PageRequest
@@ -23,25 +24,30 @@ class ScriptedEngine:
 
     def __init__(self, script: Callable[[PageRequest], str | tuple[str, str | None]] = page_text,
                  kills: set[tuple[int, int]] = frozenset(), hangs: set[tuple[int, int]] = frozenset(),
-                 per_poll: int = 4, log: list | None = None):
+                 per_poll: int = 4, log: list | None = None, step_s: float = 0.0):
         self.script, self.kills, self.hangs, self.per_poll = script, kills, hangs, per_poll
+        self.step_s = step_s                           # seconds an engine step takes, as on a GPU
         self.log = log if log is not None else []    # every (pdf, page, attempt) submitted, across engines
         self._in: dict[PageKey, PageRequest] = {}
         self.closed = False
+        self._released = threading.Event()
 
     def submit(self, request: PageRequest) -> None:
         self.log.append((request.key.pdf, request.key.page, request.attempt))
         self._in[request.key] = request
 
     def poll(self) -> list[EngineOutput]:
+        time.sleep(self.step_s)
         keys = {(k.pdf, k.page) for k in self._in}
-        if keys & self.kills:
+        due = {(k.pdf, k.page) for k in list(self._in)[: self.per_poll]}   # the pages this step finishes
+        if due & self.kills:
             # the same exception type vLLM raises when its engine core dies (imported late: vLLM is slow
             # to import, and subprocess drivers that never kill should start fast)
             from vllm.v1.engine.exceptions import EngineDeadError
             raise EngineDeadError()
         if keys & self.hangs:
-            threading.Event().wait(3600)
+            self._released.wait(3600)          # like a stuck GPU: returns only when the engine is torn down
+            return []
         done = []
         for key in list(self._in)[: self.per_poll]:
             req = self._in.pop(key)
@@ -60,3 +66,4 @@ class ScriptedEngine:
 
     def close(self) -> None:
         self.closed = True
+        self._released.set()

@@ -5,7 +5,6 @@ Usage: python tests/drive_double.py [runner flags...]; OCR_DOUBLE_STEP_S sets th
 
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -15,11 +14,6 @@ from doubles import ScriptedEngine  # noqa: E402
 from ocr.cli import main  # noqa: E402
 
 
-class SlowEngine(ScriptedEngine):
-    def poll(self):
-        time.sleep(float(os.environ.get("OCR_DOUBLE_STEP_S", "0.1")))
-        return super().poll()
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], engine_factory=lambda: SlowEngine(per_poll=2)))
+    step_s = float(os.environ.get("OCR_DOUBLE_STEP_S", "0.1"))
+    sys.exit(main(sys.argv[1:], engine_factory=lambda: ScriptedEngine(per_poll=2, step_s=step_s)))

@@ -1,0 +1,107 @@
+"""Engine death and hangs (scripted double): restart, requeue, isolate the killer page, cap restarts."""
+
+from __future__ import annotations
+
+import math
+
+from conftest import load_report, pdf_entry, run_cli
+from doubles import ScriptedEngine
+from pdfgen import make_pdf, numbered_pages
+
+
+class Factory:
+    """Builds a new double per engine start; all share one submission log."""
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.log, self.built = kwargs, [], 0
+
+    def __call__(self):
+        self.built += 1
+        return ScriptedEngine(log=self.log, **self.kwargs)
+
+
+def corpus(src, n_pdfs=2, pages=8):
+    for i in range(n_pdfs):
+        make_pdf(src / f"doc{i}.pdf", numbered_pages(pages, f"Doc {i}"))
+
+
+def args(src, out, *extra):
+    return ["--input-dir", str(src), "--output-dir", str(out), "--batch-pages", "8", *extra]
+
+
+def test_killer_page_is_isolated_and_the_rest_is_untouched(tmp_path):
+    src = tmp_path / "in"
+    corpus(src)
+    clean = Factory(per_poll=1)
+    assert run_cli(args(src, tmp_path / "ref"), engine_factory=clean) == 0
+
+    faulty = Factory(per_poll=1, step_s=0.6, kills={(0, 7)})    # PDF #0, page 7 kills the engine
+    assert run_cli(args(src, tmp_path / "out", "--max-engine-restarts", "10"), engine_factory=faulty) == 1
+
+    md = (tmp_path / "out" / "doc0.md").read_text(encoding="utf-8")
+    assert "[[Page 7 failed: engine crashed on this page]]" in md
+    ref = (tmp_path / "ref" / "doc0.md").read_text(encoding="utf-8")
+    for page in (1, 2, 3, 4, 5, 6, 8):       # every other page byte-identical to the run without fault
+        block = ref.split(f"----- Page {page} -----")[-1].split("----- Page")[0] if page > 1 else \
+            ref.split("----- Page 2")[0]
+        assert block in md
+    assert (tmp_path / "out" / "doc1.md").read_bytes() == (tmp_path / "ref" / "doc1.md").read_bytes()
+
+    report = load_report(tmp_path / "out")
+    assert pdf_entry(report, "doc0.pdf")["status"] == "partial"
+    assert pdf_entry(report, "doc1.pdf")["status"] == "complete"
+    restarts = report["engine"]["restarts"]
+    # In flight at the first death: at most 8 pages. Halving finds the page in about log2(8) deaths, plus
+    # one more to confirm it alone.
+    in_flight = report["events"][0]["pages_in_flight"]
+    assert in_flight >= 4
+    assert 2 <= restarts <= math.ceil(math.log2(in_flight)) + 2
+    assert report["engine"]["pages_isolated"] == 1
+    assert sum(e["event"] == "engine_restart" for e in report["events"]) == restarts
+    assert faulty.log.count((0, 7, 0)) >= 3     # in the first batch, then alone twice
+
+
+def test_no_finished_page_is_redone_after_a_death(tmp_path):
+    src = tmp_path / "in"
+    corpus(src, n_pdfs=1, pages=6)
+    finished = []
+
+    class Recording(ScriptedEngine):
+        def poll(self):
+            done = super().poll()
+            finished.extend((o.key.pdf, o.key.page) for o in done)
+            return done
+
+    factory_log = []
+
+    def factory():
+        return Recording(log=factory_log, per_poll=1, kills={(0, 6)})
+
+    assert run_cli(args(src, tmp_path / "out", "--max-engine-restarts", "10"), engine_factory=factory) == 1
+    assert len(finished) == len(set(finished)) == 5       # every good page finished exactly once
+
+
+def test_restarts_stop_at_the_cap(tmp_path):
+    src = tmp_path / "in"
+    corpus(src, n_pdfs=1, pages=8)
+    faulty = Factory(per_poll=1, kills={(0, p) for p in range(1, 9)})   # every page kills
+    assert run_cli(args(src, tmp_path / "out", "--max-engine-restarts", "2"), engine_factory=faulty) == 1
+    report = load_report(tmp_path / "out")
+    assert report["engine"]["restarts"] == 3 and faulty.built == 3      # 1 + 2 restarts; the 3rd death ends it
+    assert "--max-engine-restarts 2" in report["interrupted"]
+    assert pdf_entry(report, "doc0.pdf")["status"] == "unfinished"
+    assert not (tmp_path / "out" / "doc0.md").exists()
+
+
+def test_hung_engine_is_restarted(tmp_path):
+    src = tmp_path / "in"
+    corpus(src, n_pdfs=1, pages=3)
+    hanging = Factory(per_poll=1, hangs={(0, 2)})
+    code = run_cli(args(src, tmp_path / "out", "--page-timeout", "1", "--max-engine-restarts", "5"),
+                   engine_factory=hanging)
+    assert code == 1
+    report = load_report(tmp_path / "out")
+    assert report["engine"]["restarts"] >= 2
+    assert any("engine hung" in e["cause"] for e in report["events"] if e["event"] == "engine_restart")
+    md = (tmp_path / "out" / "doc0.md").read_text(encoding="utf-8")
+    assert "[[Page 2 failed: engine crashed on this page]]" in md and "# Page 3" in md
