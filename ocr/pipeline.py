@@ -79,7 +79,7 @@ class Pipeline:
                 continue
             pdf = PdfProgress(job, source, total, self.store.open_journal(job, source) if not
                               self.cfg.overwrite else self._fresh_journal(job, source))
-            entry.pages = total
+            entry.pages, entry.resumed_pages = total, len(pdf.results)
             for result in pdf.results.values():
                 self.report.add_page(job.name, result)
             self._pdfs[job.index] = pdf

@@ -28,6 +28,7 @@ class PdfEntry:
     pages: int = 0
     blank_pages: int = 0
     failed_pages: list[int] = field(default_factory=list)
+    resumed_pages: int = 0    # taken from the journal of an earlier, interrupted run
     tokens: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -36,7 +37,8 @@ class PdfEntry:
 
     def to_json(self) -> dict[str, Any]:
         return {"pdf": self.pdf, "status": self.status.value, "pages": self.pages,
-                "blank_pages": self.blank_pages, "failed_pages": self.failed_pages, "tokens": self.tokens,
+                "blank_pages": self.blank_pages, "failed_pages": self.failed_pages,
+                "resumed_pages": self.resumed_pages, "tokens": self.tokens,
                 "seconds": round(self.seconds, 2), "error": self.error, "output": self.output,
                 "counters": dict(sorted(self.counters.items()))}
 

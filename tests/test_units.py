@@ -1,0 +1,108 @@
+"""Discovery and sharding, render sizing, config flags, and the engine-settings choice logic."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ocr.config import Config, build_parser, parse_config
+from ocr.discover import assign_shards, find_pdfs, plan_jobs
+from ocr.engine import Platform, check_tensor_parallel, engine_kwargs
+from ocr.render import page_zoom
+
+
+def touch(path: Path, size: int = 10) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"%PDF" + b"x" * size)
+    return path
+
+
+def test_discovery_is_recursive_case_insensitive_and_ordered(tmp_path):
+    for rel in ["b.pdf", "a/Z.PDF", "a/c.Pdf", "notes.txt", "a/deeper/d.pdf"]:
+        touch(tmp_path / rel)
+    found = [p.relative_to(tmp_path).as_posix() for p in find_pdfs(tmp_path)]
+    assert found == ["a/Z.PDF", "a/c.Pdf", "a/deeper/d.pdf", "b.pdf"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7])
+def test_shards_are_disjoint_cover_everything_and_balance_bytes(tmp_path, n):
+    for i in range(23):
+        touch(tmp_path / f"f{i:02}.pdf", size=1000 * (i % 5 + 1))
+    shards = [plan_jobs(tmp_path, tmp_path / "out", n, i) for i in range(n)]
+    names = [j.name for j in itertools.chain.from_iterable(shards)]
+    assert sorted(names) == sorted(p.name for p in tmp_path.glob("*.pdf")) and len(set(names)) == 23
+    loads = [sum(j.path.stat().st_size for j in s) for s in shards]
+    assert max(loads) - min(loads) <= 5004       # at most one file's size apart
+
+
+def test_same_stem_in_different_folders_maps_to_different_outputs(tmp_path):
+    touch(tmp_path / "in" / "x" / "doc.pdf")
+    touch(tmp_path / "in" / "y" / "doc.pdf")
+    jobs = plan_jobs(tmp_path / "in", tmp_path / "out")
+    assert {j.md_path.relative_to(tmp_path / "out").as_posix() for j in jobs} == {"x/doc.md", "y/doc.md"}
+
+
+def test_shard_assignment_is_the_same_for_every_worker(tmp_path):
+    paths = [touch(tmp_path / f"{i}.pdf", i * 7 % 13) for i in range(20)]
+    assert assign_shards(paths, 4) == assign_shards(list(paths), 4)
+
+
+@pytest.mark.parametrize("w, h, expect_scaled", [(595, 842, False), (18000, 36000, True), (234, 14295, True)])
+def test_render_zoom_respects_the_pixel_cap(w, h, expect_scaled):
+    zoom = page_zoom(w, h, 144, 12_000_000)
+    pixels = (w * zoom + 1) * (h * zoom + 1)
+    assert pixels <= 12_000_000
+    assert (zoom < 2.0) == expect_scaled
+
+
+def test_help_lists_every_flag_the_issues_name():
+    text = build_parser().format_help()
+    for flag in ["--input-dir", "--output-dir", "--mode", "--max-pages", "--num-shards", "--shard-index",
+                 "--dpi", "--model", "--kv-cache-dtype", "--enable-fp8-weights", "--gpu-memory-utilization",
+                 "--max-num-seqs", "--max-tokens", "--tensor-parallel-size", "--mm-encoder-tp-mode",
+                 "--batch-pages", "--block-size", "--attention-backend", "--overwrite", "--page-timeout",
+                 "--max-engine-restarts", "--greek-repair", "--save-page-images", "--save-crops"]:
+        assert flag in text, flag
+
+
+def cfg(**over) -> Config:
+    base = parse_config(["--input-dir", ".", "--output-dir", "/tmp/x"])
+    return Config(**{**base.__dict__, **over})
+
+
+def test_tensor_parallel_must_divide_ten_heads():
+    for ok in (1, 2, 5, 10):
+        check_tensor_parallel(ok)
+    with pytest.raises(ValueError, match="cannot split DeepSeek-OCR's 10 attention heads"):
+        check_tensor_parallel(4)
+
+
+def test_cpu_settings():
+    kw, notes = engine_kwargs(cfg(), Platform("cpu", fp8_kv=False))
+    assert kw["dtype"] == "float32" and kw["skip_mm_profiling"] is True
+    assert kw["kv_cache_dtype"] == "auto" and any("not supported on cpu" in n for n in notes)
+    assert kw["block_size"] == 256 and "attention_backend" not in kw
+    assert kw["enable_prefix_caching"] is False and kw["mm_processor_cache_gb"] == 0
+
+
+def test_hopper_gets_triton_attention_and_fp8_kv():
+    kw, notes = engine_kwargs(cfg(), Platform("cuda", fp8_kv=True, capability=(9, 0)))
+    assert kw["attention_backend"] == "TRITON_ATTN" and kw["mm_encoder_attn_backend"] == "TORCH_SDPA"
+    assert kw["kv_cache_dtype"] == "fp8" and kw["dtype"] == "bfloat16" and kw["block_size"] == 256
+    assert any("attention=TRITON_ATTN" in n for n in notes)
+
+
+def test_l4_keeps_vllm_default_attention_and_overrides_win():
+    l4 = Platform("cuda", fp8_kv=True, capability=(8, 9))
+    kw, _ = engine_kwargs(cfg(), l4)
+    assert "attention_backend" not in kw and kw["kv_cache_dtype"] == "fp8"
+    kw, _ = engine_kwargs(cfg(block_size=16, attention_backend="FLASHINFER", enable_fp8_weights=True), l4)
+    assert kw["block_size"] == 16 and kw["attention_backend"] == "FLASHINFER" and kw["quantization"] == "fp8"
+
+
+def test_pre_ada_gpu_falls_back_from_fp8_kv():
+    kw, notes = engine_kwargs(cfg(), Platform("cuda", fp8_kv=False, capability=(8, 0)))
+    assert kw["kv_cache_dtype"] == "auto" and any("not supported" in n for n in notes)
