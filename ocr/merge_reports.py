@@ -108,7 +108,8 @@ def _gpu_label(gpus: str | None) -> str:
 
 
 def worker_line(w: dict[str, Any]) -> str:
-    code = "" if w["exit_code"] is None else f", exit {w['exit_code']}"
+    code = w["exit_code"]
+    code = "" if code is None else f", killed by signal {-code}" if code < 0 else f", exit {code}"
     head = f"  worker {w['worker']}{_gpu_label(w['gpus'])}: "
     if w["problem"]:
         return head + w["problem"] + code
