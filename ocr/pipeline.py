@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
+from .assets import link_figures, page_image_path, save_crops, save_png
 from .config import Config
 from .discover import plan_jobs
 from .engine import PROMPTS, Engine
@@ -155,6 +156,8 @@ class Pipeline:
         elif page.blank:
             self._record(pdf, blank_page(page.key.page))
         else:
+            if self.cfg.save_page_images:
+                save_png(page.image, page_image_path(pdf.job.md_path, page.key.page))
             request = PageRequest(page.key, page.image, self.cfg.prompt or PROMPTS[self.cfg.mode])
             self._submit(request, sup)
 
@@ -179,8 +182,13 @@ class Pipeline:
         if problem:
             self._record(pdf, failed_page(out.key.page, problem, out.tokens, out.finish_reason))
             return
-        self._record(pdf, finish_page(out, mode=self.cfg.mode, special_tokens=self.special_tokens,
-                                      greek_repair=self.cfg.greek_repair))
+        result = finish_page(out, mode=self.cfg.mode, special_tokens=self.special_tokens,
+                             greek_repair=self.cfg.greek_repair)
+        if self.cfg.save_crops and self.cfg.mode == "grounded":
+            crops = save_crops(request.image, out.text, pdf.job.md_path, out.key.page)
+            result = replace(result, text=link_figures(result.text, crops.get("image", [])),
+                             counters={**result.counters, "crops_saved": sum(map(len, crops.values()))})
+        self._record(pdf, result)
 
     # --- results ----------------------------------------------------------------------------------
     def _record(self, pdf: PdfProgress, result: PageResult) -> None:

@@ -34,13 +34,15 @@ class PdfEntry:
     error: str | None = None
     output: str | None = None
     counters: Counter = field(default_factory=Counter)
+    page_details: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"pdf": self.pdf, "status": self.status.value, "pages": self.pages,
                 "blank_pages": self.blank_pages, "failed_pages": self.failed_pages,
                 "resumed_pages": self.resumed_pages, "tokens": self.tokens,
                 "seconds": round(self.seconds, 2), "error": self.error, "output": self.output,
-                "counters": dict(sorted(self.counters.items()))}
+                "counters": dict(sorted(self.counters.items())),
+                "page_details": sorted(self.page_details, key=lambda d: d["page"])}
 
 
 class RunReport:
@@ -56,13 +58,16 @@ class RunReport:
     def entry(self, pdf: str) -> PdfEntry:
         return self.pdfs.setdefault(pdf, PdfEntry(pdf))
 
-    def add_page(self, pdf: str, result: PageResult, page_stats: dict[str, Any] | None = None) -> None:
+    def add_page(self, pdf: str, result: PageResult) -> None:
         e = self.entry(pdf)
         e.tokens += result.tokens
         e.blank_pages += result.status == PageStatus.BLANK
         if result.status == PageStatus.FAILED:
             e.failed_pages.append(result.page)
         e.counters.update(result.counters)
+        e.page_details.append({"page": result.page, "status": result.status.value, "tokens": result.tokens,
+                               "finish_reason": result.finish_reason, "counters": result.counters,
+                               "greek": result.stats})
 
     def event(self, kind: str, **details: Any) -> None:
         self.events.append({"event": kind, "time": round(time.time() - self.started, 1), **details})
@@ -76,13 +81,14 @@ class RunReport:
         counters: Counter = Counter()
         for e in entries:
             counters.update(e.counters)
+        greek = _sum_greek(d["greek"] for e in entries for d in e.page_details)
         return {"pdfs": len(self.pdfs), **{f"pdfs_{k}": v for k, v in sorted(by_status.items())},
                 "pages": pages, "blank_pages": sum(e.blank_pages for e in done),
                 "failed_pages": sum(len(e.failed_pages) for e in done),
                 "tokens": sum(e.tokens for e in done), "seconds": round(elapsed, 1),
                 "pages_per_s": round(pages / elapsed, 3) if elapsed else 0.0,
                 "tokens_per_s": round(sum(e.tokens for e in done) / elapsed, 1) if elapsed else 0.0,
-                "counters": dict(sorted(counters.items()))}
+                "counters": dict(sorted(counters.items())), "greek": greek}
 
     def problems(self) -> list[PdfEntry]:
         bad = (PdfStatus.FAILED, PdfStatus.PARTIAL, PdfStatus.UNFINISHED)
@@ -108,3 +114,15 @@ class RunReport:
             why = e.error or (f"pages {e.failed_pages} failed" if e.failed_pages else "not finished")
             lines.append(f"  {e.status.value}: {e.pdf}: {why}")
         return lines
+
+
+def _sum_greek(pages) -> dict[str, Any]:
+    """Run-level Greek signals: counts summed over pages, letter shares over all letters."""
+    total: Counter = Counter()
+    for stats in pages:
+        total.update({k: v for k, v in stats.items() if isinstance(v, int)})
+    letters = sum(total[k] for k in ("greek_letters", "latin_letters", "other_letters"))
+    shares = {f"{k}_share": round(total[f"{k}_letters"] / letters, 3) if letters else 0.0
+              for k in ("greek", "latin", "other")}
+    return {**dict(sorted(total.items())), **shares}
+

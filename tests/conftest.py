@@ -36,3 +36,23 @@ def load_report(out: Path, name: str = "run_report.json") -> dict:
 
 def pdf_entry(report: dict, pdf: str) -> dict:
     return next(e for e in report["pdfs"] if e["pdf"] == pdf)
+
+
+class InlinePool:
+    """Stands in for the render process pool: renders at submit time, in this process. Makes page
+    arrival deterministic (tests of batching and engine death) and lets monkeypatches take effect."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+        future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self, **kwargs):
+        pass
+
+
+@pytest.fixture
+def inline_render(monkeypatch):
+    import ocr.render
+    monkeypatch.setattr(ocr.render.Renderer, "_new_pool", lambda self: InlinePool())

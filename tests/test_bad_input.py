@@ -81,7 +81,7 @@ def test_poster_page_is_rendered_within_the_pixel_cap(tmp_path):
     assert poster and all(p <= 12_000_000 for p in poster)   # 36000 x 72000 px at 144 dpi otherwise
 
 
-def test_a_page_that_fails_to_render_is_stubbed(tmp_path, monkeypatch):
+def test_a_page_that_fails_to_render_is_stubbed(tmp_path, monkeypatch, inline_render):
     """A page whose render raises gets a failure stub; the PDF's other pages are kept."""
     src, out = tmp_path / "in", tmp_path / "out"
     make_pdf(src / "a.pdf", numbered_pages(3))
@@ -94,25 +94,11 @@ def test_a_page_that_fails_to_render_is_stubbed(tmp_path, monkeypatch):
         return original(path, key, dpi, max_pixels)
 
     monkeypatch.setattr(render, "render_task", flaky)
-    monkeypatch.setattr(render.Renderer, "_new_pool", lambda self: _InlinePool())
     assert run_cli(["--input-dir", str(src), "--output-dir", str(out)]) == 1
     md = (out / "a.md").read_text(encoding="utf-8")
     assert "[[Page 2 failed: render failed: RuntimeError: broken content stream]]" in md
     assert "# Page 3" in md
     assert pdf_entry(load_report(out), "a.pdf")["status"] == "partial"
-
-
-class _InlinePool:
-    """Runs render tasks in this process, so a monkeypatched render_task takes effect."""
-
-    def submit(self, fn, *args):
-        from concurrent.futures import Future
-        future = Future()
-        future.set_result(fn(*args))
-        return future
-
-    def shutdown(self, **kwargs):
-        pass
 
 
 def test_odd_file_names(tmp_path):

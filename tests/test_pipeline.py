@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 from conftest import load_report, pdf_entry, run_cli
 from doubles import ScriptedEngine
@@ -97,7 +96,7 @@ def test_empty_output_is_retried_once_then_stubbed(tmp_path):
     assert "failed" not in md and "text 1" in md and "# Page 2" in md
 
 
-def test_pages_of_many_pdfs_share_the_engine(tmp_path):
+def test_pages_of_many_pdfs_share_the_engine(tmp_path, inline_render):
     """Continuous batching across PDFs: the engine is topped up to --batch-pages from the next PDFs."""
     src, out = tmp_path / "in", tmp_path / "out"
     for i in range(3):
@@ -105,11 +104,57 @@ def test_pages_of_many_pdfs_share_the_engine(tmp_path):
     seen = []
 
     class Watching(ScriptedEngine):
-        def poll(self):  # an engine step takes time, as on a GPU; the renderer keeps up meanwhile
-            time.sleep(0.3)
+        def poll(self):
             seen.append({k.pdf for k in self._in})
             return super().poll()
 
     assert run_cli(["--input-dir", str(src), "--output-dir", str(out), "--batch-pages", "6"],
                    engine=Watching(per_poll=1)) == 0
-    assert max(len(s) for s in seen) >= 2
+    assert max(len(s) for s in seen) == 3       # pages of all three PDFs in the engine at once
+
+
+def test_report_has_page_details_and_greek_signals(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "g.pdf", [GREEK, None])
+    # The model writes Latin look-alikes into a Greek word and a medial sigma at a word end.
+    engine = ScriptedEngine(script=lambda r: "Ο νόμοσ του KAΙ ΦEK Α' 145/1999 ορίζει")
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(out)], engine=engine) == 0
+    md = (out / "g.md").read_text(encoding="utf-8")
+    assert "Ο νόμος του ΚΑΙ ΦΕΚ Α' 145/1999 ορίζει" in md
+    report = load_report(out)
+    entry = pdf_entry(report, "g.pdf")
+    assert [d["page"] for d in entry["page_details"]] == [1, 2]
+    assert entry["page_details"][0]["greek"]["greek_share"] > 0.9
+    assert entry["counters"]["final_sigma_fixed"] == 1 and entry["counters"]["lookalikes_to_greek"] == 2
+    assert report["totals"]["greek"]["greek_letters"] > 20
+
+
+def test_greek_repair_off_keeps_the_model_text(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "g.pdf", [GREEK])
+    engine = ScriptedEngine(script=lambda r: "Ο νόμοσ του ΦEK")
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(out), "--greek-repair", "off"],
+                   engine=engine) == 0
+    assert "Ο νόμοσ του ΦEK" in (out / "g.md").read_text(encoding="utf-8")
+    assert pdf_entry(load_report(out), "g.pdf")["page_details"][0]["greek"]["mixed_script_words"] == 1
+
+
+def test_assets_page_images_and_linked_figure_crops(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "fig doc.pdf", [ENGLISH])
+    grounded = ("<|ref|>text<|/ref|><|det|>[[50, 50, 950, 200]]<|/det|>\nIntro text.\n\n"
+                "<|ref|>image<|/ref|><|det|>[[100, 300, 600, 700]]<|/det|>\n\n"
+                "<|ref|>table<|/ref|><|det|>[[100, 750, 900, 950]]<|/det|>\n"
+                "<table><tr><td>1</td><td>2</td></tr></table>")
+    engine = ScriptedEngine(script=lambda r: grounded)
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(out), "--mode", "grounded",
+                    "--save-page-images", "--save-crops"], engine=engine) == 0
+    assets = out / "fig doc_assets"
+    assert sorted(p.name for p in assets.iterdir()) == ["page-0001-image-1.png", "page-0001-table-1.png",
+                                                       "page-0001.png"]
+    md = (out / "fig doc.md").read_text(encoding="utf-8")
+    assert "<|/det|>\n![](fig%20doc_assets/page-0001-image-1.png)" in md
+    from PIL import Image
+    page = Image.open(assets / "page-0001.png")
+    crop = Image.open(assets / "page-0001-image-1.png")
+    assert abs(crop.width - page.width / 2) < 3 and abs(crop.height - page.height * 0.4) < 3
