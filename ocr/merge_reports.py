@@ -60,6 +60,7 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
     """Counts summed over shards; rates over the launch's wall time (the slowest worker if unknown)."""
     sums: Counter = Counter()
     counters: Counter = Counter()
+    greek: list[dict[str, Any]] = []
     seconds = 0.0
     for s in shards:
         if s.report is None:
@@ -67,6 +68,7 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
         t = s.report["totals"]
         sums.update({k: v for k, v in t.items() if k in SUMMED or k.startswith("pdfs_")})
         counters.update(t.get("counters", {}))
+        greek += [t["greek"]] if isinstance(t.get("greek"), dict) else []
         seconds = max(seconds, float(t.get("seconds", 0.0)))
     seconds = wall_seconds if wall_seconds is not None else seconds
     totals: dict[str, Any] = {"pdfs": sums["pdfs"]}
@@ -76,7 +78,20 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
                   pages_per_s=round(sums["pages"] / seconds, 3) if seconds else 0.0,
                   tokens_per_s=round(sums["tokens"] / seconds, 1) if seconds else 0.0,
                   counters=dict(sorted(counters.items())))
+    if greek:
+        totals["greek"] = merged_greek(greek)
     return totals
+
+
+def merged_greek(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Greek signals of the shards: counts summed, letter shares over all letters (as ocr.report does)."""
+    total: Counter = Counter()
+    for part in parts:
+        total.update({k: v for k, v in part.items() if isinstance(v, int) and not isinstance(v, bool)})
+    letters = sum(total[f"{k}_letters"] for k in ("greek", "latin", "other"))
+    shares = {f"{k}_share": round(total[f"{k}_letters"] / letters, 3) if letters else 0.0
+              for k in ("greek", "latin", "other")}
+    return {**dict(sorted(total.items())), **shares}
 
 
 def worker_row(s: Shard) -> dict[str, Any]:

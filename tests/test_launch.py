@@ -58,7 +58,8 @@ pages = sum(e["pages"] - len(e["failed_pages"]) for e in done)
 totals = {"pdfs": len(pdfs), "pages": pages, "blank_pages": sum(e["blank_pages"] for e in done),
           "failed_pages": sum(len(e["failed_pages"]) for e in done), "tokens": 100 * len(done),
           "seconds": 2.0, "pages_per_s": pages / 2.0, "tokens_per_s": 50.0 * len(done),
-          "counters": {"fixed": len(pdfs)}}
+          "counters": {"fixed": len(pdfs)}, "greek": {"greek_letters": 30 * i, "latin_letters": 10,
+                                                      "other_letters": 0, "greek_share": 0.0}}
 for s in statuses:
     totals[f"pdfs_{s}"] = totals.get(f"pdfs_{s}", 0) + 1
 report = {"settings": {"num_shards": n, "shard_index": i}, "engine": {"fake": True},
@@ -115,7 +116,9 @@ def test_one_worker_per_gpu_with_shard_flags_logs_and_merged_report(fake, capsys
     t = merged["totals"]
     assert (t["pdfs"], t["pdfs_complete"], t["pdfs_partial"], t["pdfs_failed"], t["pdfs_skipped"]) == (6, 3, 1, 1, 1)
     assert t["pages"] == 3 * 3 + 2 + 3 and t["counters"] == {"fixed": 6}
-    assert t["pages_per_s"] == pytest.approx(t["pages"] / t["seconds"], rel=0.05)
+    assert t["greek"] == {"greek_letters": 180, "latin_letters": 40, "other_letters": 0, "greek_share": 0.818,
+                          "latin_share": 0.182, "other_share": 0.0}
+    assert t["pages"] / (t["seconds"] + 0.05) <= t["pages_per_s"] <= t["pages"] / (t["seconds"] - 0.05)  # rounding
     assert [(w["worker"], w["gpus"], w["exit_code"]) for w in merged["workers"]] == \
         [(0, "0", 0), (1, "1", 1), (2, "2", 1), (3, "3", 0)]
     assert {p["pdf"]: p["worker"] for p in merged["pdfs"]}["s1/doc0.pdf"] == 1
