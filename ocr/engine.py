@@ -148,6 +148,8 @@ class VllmEngine:
     """Keeps up to max_num_seqs pages in the engine and hands back each page as soon as it finishes."""
 
     def __init__(self, cfg: Any, platform: Platform | None = None):
+        self._pid_file = cfg.state_dir / f"engine{cfg.shard_suffix}.pids"
+        reap_stale_engine(self._pid_file)
         if (platform or detect_platform()).kind == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")   # GiB; the default takes too much here
         from vllm import LLM
@@ -162,6 +164,7 @@ class VllmEngine:
         self.load_seconds = time.perf_counter() - start
         # The engine core and its workers: reaped on close even if the core is hung or already dead.
         self._procs = [p for p in _children() if p.pid not in before]
+        _write_pid_file(self._pid_file, self._procs)
         self.tokenizer = self.llm.get_tokenizer()
         self.special_tokens = tuple(self.tokenizer.all_special_tokens)
         self._params = sampling_params(cfg, table_tag_ids(self.tokenizer))
@@ -211,6 +214,10 @@ class VllmEngine:
     def in_flight(self) -> int:
         return len(self._requests)
 
+    def alive(self) -> bool:
+        """False once any engine process has exited: vLLM's sync client can then block forever."""
+        return all(p.is_running() and p.status() != "zombie" for p in self._procs)
+
     def lost_requests(self) -> list[PageRequest]:
         """The requests in flight when the engine died, for requeueing."""
         lost = list(self._requests.values())
@@ -226,6 +233,7 @@ class VllmEngine:
             except Exception as exc:  # a dead or hung core often fails its own shutdown
                 log.debug("engine shutdown: %s", exc)
         _reap(getattr(self, "_procs", []))
+        self._pid_file.unlink(missing_ok=True)
 
     def process_ids(self) -> list[int]:
         return [p.pid for p in getattr(self, "_procs", [])]
@@ -255,3 +263,40 @@ def _reap(procs: list, grace_s: float = 10.0) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=grace_s)
+
+
+def _write_pid_file(path: Any, procs: list) -> None:
+    """Who owns which engine processes, so the next run can reap them if this runner is SIGKILLed."""
+    import json
+    import psutil
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = psutil.Process()
+    path.write_text(json.dumps({"runner": [me.pid, me.create_time()],
+                                "engine": [[p.pid, p.create_time()] for p in procs]}))
+
+
+def reap_stale_engine(path: Any) -> None:
+    """Kill engine processes left behind by a runner that was SIGKILLed (they hold GPU memory)."""
+    import json
+    import psutil
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if _same_process(*record["runner"]):
+        return                                   # its runner is alive: another worker's engine
+    stale = [psutil.Process(pid) for pid, created in record["engine"] if _same_process(pid, created)]
+    if stale:
+        log.warning("engine: killing %d engine processes left by a killed run (pids %s)", len(stale),
+                    [p.pid for p in stale])
+        _reap(stale, grace_s=5.0)
+    path.unlink(missing_ok=True)
+
+
+def _same_process(pid: int, created: float) -> bool:
+    import psutil
+    try:
+        return abs(psutil.Process(pid).create_time() - created) < 1e-3
+    except psutil.Error:
+        return False
+

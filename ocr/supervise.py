@@ -14,6 +14,7 @@ from .records import EngineOutput, PageKey, PageRequest
 
 log = logging.getLogger(__name__)
 KILLER_ERROR = "engine crashed on this page"
+LIVENESS_CHECK_S = 1.0     # how often a waiting step checks that the engine processes still exist
 
 
 class TooManyRestarts(RuntimeError):
@@ -54,7 +55,7 @@ class Supervisor:
         try:
             self.engine.submit(request)
         except dead_errors() as exc:
-            self._dead = f"{type(exc).__name__}: {exc}"
+            self._dead = _cause(exc)
             self._orphans.append(request)
 
     def in_flight(self) -> int:
@@ -68,7 +69,7 @@ class Supervisor:
         try:
             outputs = self._step()
         except dead_errors() as exc:
-            return self._recover(f"{type(exc).__name__}: {exc}")
+            return self._recover(_cause(exc))
         if outputs:
             self._last_progress = time.monotonic()
         if self._group is not None and self.engine.in_flight() == 0:
@@ -92,10 +93,15 @@ class Supervisor:
 
         threading.Thread(target=step, name="engine-step", daemon=True).start()
         deadline = self._last_progress + self.page_timeout
-        try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except StepTimeout:
-            raise EngineDead(f"engine hung: no page finished for {self.page_timeout:.0f} s") from None
+        alive = getattr(self.engine, "alive", lambda: True)
+        while True:
+            try:
+                return future.result(timeout=min(LIVENESS_CHECK_S, max(0.0, deadline - time.monotonic())))
+            except StepTimeout:
+                if not alive():
+                    raise EngineDead("engine process exited") from None
+                if time.monotonic() >= deadline:
+                    raise EngineDead(f"engine hung: no page finished for {self.page_timeout:.0f} s") from None
 
     def _recover(self, cause: str) -> list[EngineOutput]:
         started = time.monotonic()
@@ -138,3 +144,8 @@ class Supervisor:
 
     def close(self) -> None:
         self._close_engine()
+
+
+def _cause(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, EngineDead) else f"{type(exc).__name__}: {exc}"
+

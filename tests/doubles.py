@@ -24,9 +24,12 @@ class ScriptedEngine:
 
     def __init__(self, script: Callable[[PageRequest], str | tuple[str, str | None]] = page_text,
                  kills: set[tuple[int, int]] = frozenset(), hangs: set[tuple[int, int]] = frozenset(),
-                 per_poll: int = 4, log: list | None = None, step_s: float = 0.0):
+                 per_poll: int = 4, log: list | None = None, step_s: float = 0.0,
+                 silent_kills: set[tuple[int, int]] = frozenset()):
         self.script, self.kills, self.hangs, self.per_poll = script, kills, hangs, per_poll
         self.step_s = step_s                           # seconds an engine step takes, as on a GPU
+        self.silent_kills = silent_kills               # the process dies and poll blocks (vLLM 0.32's sync client)
+        self.dead = False
         self.log = log if log is not None else []    # every (pdf, page, attempt) submitted, across engines
         self._in: dict[PageKey, PageRequest] = {}
         self.closed = False
@@ -40,6 +43,10 @@ class ScriptedEngine:
         time.sleep(self.step_s)
         keys = {(k.pdf, k.page) for k in self._in}
         due = {(k.pdf, k.page) for k in list(self._in)[: self.per_poll]}   # the pages this step finishes
+        if due & self.silent_kills:
+            self.dead = True
+            self._released.wait(3600)
+            return []
         if due & self.kills:
             # the same exception type vLLM raises when its engine core dies (imported late: vLLM is slow
             # to import, and subprocess drivers that never kill should start fast)
@@ -58,6 +65,9 @@ class ScriptedEngine:
 
     def in_flight(self) -> int:
         return len(self._in)
+
+    def alive(self) -> bool:
+        return not self.dead
 
     def lost_requests(self) -> list[PageRequest]:
         lost = list(self._in.values())

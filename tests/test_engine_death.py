@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from conftest import load_report, pdf_entry, run_cli
 from doubles import ScriptedEngine
@@ -105,3 +106,51 @@ def test_hung_engine_is_restarted(tmp_path):
     assert any("engine hung" in e["cause"] for e in report["events"] if e["event"] == "engine_restart")
     md = (tmp_path / "out" / "doc0.md").read_text(encoding="utf-8")
     assert "[[Page 2 failed: engine crashed on this page]]" in md and "# Page 3" in md
+
+
+def test_engine_process_death_is_noticed_even_when_poll_blocks(tmp_path, inline_render):
+    """vLLM 0.32's sync client never returns from step() once its engine core is SIGKILLed: the
+    supervisor notices from the process itself, long before --page-timeout."""
+    src = tmp_path / "in"
+    corpus(src, n_pdfs=1, pages=3)
+    built = []
+
+    def factory():
+        built.append(ScriptedEngine(per_poll=1, silent_kills={(0, 2)} if not built else frozenset()))
+        return built[-1]
+
+    start = time.monotonic()
+    assert run_cli(args(src, tmp_path / "out", "--page-timeout", "600"), engine_factory=factory) == 0
+    assert time.monotonic() - start < 60
+    report = load_report(tmp_path / "out")
+    assert report["engine"]["restarts"] == 1
+    assert report["events"][0]["cause"] == "engine process exited"
+    assert "failed" not in (tmp_path / "out" / "doc0.md").read_text(encoding="utf-8")
+
+
+def test_engine_left_by_a_killed_runner_is_reaped(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import psutil
+    from ocr.engine import reap_stale_engine
+
+    dead_runner = subprocess.Popen([sys.executable, "-c", "pass"])
+    created = psutil.Process(dead_runner.pid).create_time()
+    dead_runner.wait()
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    pid_file = tmp_path / "engine.pids"
+    pid_file.write_text(json.dumps({"runner": [dead_runner.pid, created],
+                                    "engine": [[orphan.pid, psutil.Process(orphan.pid).create_time()]]}))
+    reap_stale_engine(pid_file)
+    assert orphan.wait(10) is not None and not pid_file.exists()
+
+    # An engine whose runner is alive (another worker's) is left alone.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    me = psutil.Process()
+    pid_file.write_text(json.dumps({"runner": [me.pid, me.create_time()],
+                                    "engine": [[other.pid, psutil.Process(other.pid).create_time()]]}))
+    reap_stale_engine(pid_file)
+    assert other.poll() is None
+    other.kill()
