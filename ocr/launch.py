@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,8 +201,8 @@ def tmux(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["tmux", *args], capture_output=True, text=True)
 
 
-def start_tmux(session: str, workers: list[Worker], env_file: Path | None, env: dict[str, str]) -> None:
-    """One window, one pane per worker (tiled); panes stay open after the worker ends, to read its output."""
+def start_tmux(session: str, workers: list[Worker], env_file: Path | None, env: dict[str, str]) -> list[str]:
+    """One window, one pane per worker (tiled), kept open after the worker ends; returns the pane ids."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", session):
         raise LaunchError(f"--tmux {session!r}: use letters, digits, '-' and '_' only")
     if tmux("has-session", "-t", f"={session}").returncode == 0:
@@ -211,38 +212,49 @@ def start_tmux(session: str, workers: list[Worker], env_file: Path | None, env: 
     for w in workers:
         open_log(w).close()
         w.exit_file.unlink(missing_ok=True)
-    first = tmux("new-session", "-d", "-s", session, "-n", "ocr", "-x", "240", "-y", "64", "-c", cwd,
-                 pane_script(workers[0], env_file, env), ";", "set-option", "-w", "-t", window,
-                 "remain-on-exit", "on")
-    if first.returncode:
-        raise LaunchError(f"tmux new-session failed: {first.stderr.strip()}")
-    for w in workers[1:]:
-        split = tmux("split-window", "-d", "-t", window, "-c", cwd, pane_script(w, env_file, env), ";",
-                     "select-layout", "-t", window, "tiled")
-        if split.returncode:
-            print(f"launcher: tmux split-window for {w.label()} failed: {split.stderr.strip()}", file=sys.stderr)
+    panes = []
     for w in workers:
-        print(f"{w.label()}: tmux pane in {window}, log {w.log}", flush=True)
+        if not panes:
+            made = tmux("new-session", "-d", "-P", "-F", "#{pane_id}", "-s", session, "-n", "ocr", "-x", "240",
+                        "-y", "64", "-c", cwd, pane_script(w, env_file, env), ";",
+                        "set-option", "-w", "-t", window, "remain-on-exit", "on")
+        else:
+            made = tmux("split-window", "-d", "-P", "-F", "#{pane_id}", "-t", window, "-c", cwd,
+                        pane_script(w, env_file, env), ";", "select-layout", "-t", window, "tiled")
+        if made.returncode:
+            if panes:
+                tmux("kill-session", "-t", f"={session}")
+            raise LaunchError(f"tmux could not start {w.label()}: {made.stderr.strip()}")
+        panes.append(made.stdout.split()[0])
+        print(f"{w.label()}: tmux pane {panes[-1]} in {window}, log {w.log}", flush=True)
     print(f"watch them: tmux attach -t {session}", flush=True)
+    return panes
 
 
-def tmux_poll(session: str, worker: Worker) -> Callable[[], int | str | None]:
-    """A poll function for a tmux worker: its exit status once written; 'gone' if its session vanished."""
-    def poll() -> int | str | None:
+def tmux_poll(pane: str, worker: Worker) -> Callable[[], int | str | None]:
+    """A poll function for a tmux worker: its exit status once written; 'gone' if its pane ended without one."""
+    def exit_status() -> int | None:
         try:
             return int(worker.exit_file.read_text().strip())
         except (OSError, ValueError):
-            pass
-        if tmux("has-session", "-t", f"={session}").returncode:
-            return "gone"
+            return None
+
+    def poll() -> int | str | None:
+        code = exit_status()
+        if code is not None:
+            return code
+        state = tmux("display-message", "-p", "-t", pane, "#{pane_dead}")
+        if state.returncode or state.stdout.strip() != "0":     # its shell has ended, or the pane is gone
+            code = exit_status()
+            return "gone" if code is None else code
         return None
     return poll
 
 
-def wait_tmux(session: str, workers: list[Worker], output_dir: Path) -> list[int | None]:
+def wait_tmux(session: str, panes: list[str], workers: list[Worker], output_dir: Path) -> list[int | None]:
     """Wait for the panes; on Ctrl-C leave the workers running and say how to merge later."""
     try:
-        return wait_all(workers, [tmux_poll(session, w) for w in workers], interval=1.0)
+        return wait_all(workers, [tmux_poll(p, w) for p, w in zip(panes, workers)], interval=1.0)
     except KeyboardInterrupt:
         print(f"launcher stopped; the workers go on in tmux session {session}. When they are done: "
               f"python -m ocr.merge_reports {shlex.quote(str(output_dir))} --num-shards {len(workers)}",
@@ -297,6 +309,8 @@ def launch(argv: Sequence[str]) -> int:
     cfg = runner_config(runner_args)
     if not args.runner.is_file():
         raise LaunchError(f"--runner {args.runner} does not exist")
+    if shutil.which(args.python) is None:
+        raise LaunchError(f"--python {args.python} is not an executable")
     env_file = None if args.no_env_file else args.env_file.resolve()
     env = load_env_file(env_file)
     extra = ["--no-progress"] if not args.tmux and "--no-progress" not in runner_args else []
@@ -308,8 +322,8 @@ def launch(argv: Sequence[str]) -> int:
         return OK
     started = time.time()
     if args.tmux:
-        start_tmux(args.tmux, workers, env_file, env)
-        codes = wait_tmux(args.tmux, workers, cfg.output_dir)
+        panes = start_tmux(args.tmux, workers, env_file, env)
+        codes = wait_tmux(args.tmux, panes, workers, cfg.output_dir)
     else:
         codes = run_background(workers, env)
     return finish(workers, codes, cfg.output_dir, started)

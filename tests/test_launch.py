@@ -34,7 +34,7 @@ plan = json.loads((Path(args.input_dir) / "plan.json").read_text()).get(str(i), 
 signals = []
 signal.signal(signal.SIGINT, lambda s, f: signals.append(s))
 signal.signal(signal.SIGTERM, lambda s, f: signals.append(s))
-seen = {"argv": sys.argv[1:], "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+seen = {"argv": sys.argv[1:], "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "ppid": os.getppid(),
         "telemetry": os.environ.get("HF_HUB_DISABLE_TELEMETRY"), "mark": os.environ.get("OCR_TEST_MARK")}
 out.mkdir(parents=True, exist_ok=True)
 (out / f"seen-{i}.json").write_text(json.dumps(seen))
@@ -114,7 +114,8 @@ def test_one_worker_per_gpu_with_shard_flags_logs_and_merged_report(fake, capsys
         assert (out / f"run_report.shard-{i}-of-4.json").is_file()
     merged = json.loads((out / "run_report.json").read_text())
     t = merged["totals"]
-    assert (t["pdfs"], t["pdfs_complete"], t["pdfs_partial"], t["pdfs_failed"], t["pdfs_skipped"]) == (6, 3, 1, 1, 1)
+    assert (t["pdfs"], t["pdfs_complete"], t["pdfs_partial"], t["pdfs_failed"], t["pdfs_skipped"]) == \
+        (6, 3, 1, 1, 1)
     assert t["pages"] == 3 * 3 + 2 + 3 and t["counters"] == {"fixed": 6}
     assert t["greek"] == {"greek_letters": 180, "latin_letters": 40, "other_letters": 0, "greek_share": 0.818,
                           "latin_share": 0.182, "other_share": 0.0}
@@ -214,6 +215,9 @@ def test_missing_separator_and_missing_runner(fake, capsys):
     assert "put the runner's arguments after --" in capsys.readouterr().err
     assert launch.main(launch_args(runner.with_name("nope.py"), src, out, "0")) == 2
     assert f"--runner {runner.with_name('nope.py')} does not exist" in capsys.readouterr().err
+    assert launch.main(["--gpus", "0", "--python", "/no/python", "--runner", str(runner), "--", "--input-dir",
+                        str(src), "--output-dir", str(out)]) == 2
+    assert "--python /no/python is not an executable" in capsys.readouterr().err
 
 
 def test_dry_run_prints_commands_and_starts_nothing(fake, capsys):
@@ -273,6 +277,32 @@ def test_tmux_one_window_one_pane_per_worker(fake, tmp_path, monkeypatch, capsys
         assert (out / "logs" / f"worker-{i}.exit").read_text().strip() == ("1" if i == 1 else "0")
     assert json.loads((out / "run_report.json").read_text())["totals"]["pdfs_partial"] == 1
     assert "tmux attach -t ocrtest" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+def test_tmux_pane_closed_under_a_running_worker_counts_as_incomplete(fake, tmp_path):
+    runner, src, out = fake
+    env = {**os.environ, "TMUX_TMPDIR": str(tmp_path)}
+    env.pop("TMUX", None)
+    set_plan(src, {0: {}, 1: {"wait_signal": True}})
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch_workers.py"),
+                             *launch_args(runner, src, out, "0,1", "--tmux", "ocrgone", "--no-env-file")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 30
+        while not (out / "seen-1.json").exists():
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        panes = subprocess.run(["tmux", "list-panes", "-t", "ocrgone:ocr", "-F", "#{pane_id} #{pane_pid}"],
+                               capture_output=True, text=True, env=env).stdout.split("\n")
+        pane = next(p.split()[0] for p in panes if p.endswith(f" {seen(out, 1)['ppid']}"))
+        subprocess.run(["tmux", "kill-pane", "-t", pane], check=True, env=env)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", "ocrgone"], capture_output=True, env=env)
+    assert proc.returncode == 1, stderr
+    assert "worker 1 (GPU 1) finished: no exit status (its pane or process vanished)" in stdout
+    assert "worker 1 (GPU 1): no report run_report.shard-1-of-2.json" in stdout
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
