@@ -39,6 +39,8 @@ class Config:
                                  type=int)
     render_workers: int = opt(_default_render_workers(), "render processes running ahead of the engine",
                               type=int)
+    preprocess_workers: int = opt(max(1, min(8, (os.cpu_count() or 2) // 2)), "threads running vLLM's "
+                                  "input processor (image tiling, tokenizing) beside the engine", type=int)
     save_page_images: bool = opt(False, "also write page PNGs to <stem>_assets/")
     save_crops: bool = opt(False, "grounded mode: write figure/table crops to <stem>_assets/")
     # Model and engine
@@ -54,8 +56,9 @@ class Config:
                                     type=int)
     mm_encoder_tp_mode: str | None = opt(None, "with tensor parallelism: 'data' runs the vision encoder "
                                          "data-parallel", choices=("weights", "data"))
-    block_size: int | None = opt(None, "KV cache block size (default: 256 for DeepSeek-OCR)", type=int)
-    attention_backend: str | None = opt(None, "vLLM attention backend (default: chosen per platform)")
+    block_size: int | None = opt(None, "KV cache block size (default: vLLM's; 256 is DeepSeek-OCR's own)",
+                                 type=int)
+    attention_backend: str | None = opt(None, "vLLM attention backend, e.g. TRITON_ATTN (default: vLLM's)")
     enforce_eager: bool = opt(False, "disable CUDA graphs")
     prompt: str | None = opt(None, "override the prompt (default: DeepSeek-OCR's own prompt for --mode)")
     ngram_size: int = opt(30, "no-repeat n-gram guard size (0 turns it off)", type=int)
@@ -125,6 +128,7 @@ def validate(cfg: Config) -> Config:
         (cfg.max_tokens >= 1, "--max-tokens must be >= 1"),
         (0.05 <= cfg.gpu_memory_utilization <= 1.0, "--gpu-memory-utilization must be in [0.05, 1]"),
         (cfg.render_workers >= 1, "--render-workers must be >= 1"),
+        (cfg.preprocess_workers >= 1, "--preprocess-workers must be >= 1"),
         (cfg.max_engine_restarts >= 0, "--max-engine-restarts must be >= 0"),
         (cfg.tensor_parallel_size >= 1, "--tensor-parallel-size must be >= 1"),
     ]

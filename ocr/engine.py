@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -73,6 +77,17 @@ def check_tensor_parallel(size: int) -> None:
                          f"heads; use one of {divisors}, or one worker per GPU (--num-shards)")
 
 
+def text_head_dim(model_dir: str) -> int | None:
+    """The language model's real head size (hidden / heads), from the checkpoint's config.json."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    lm = cfg.get("language_config", cfg)
+    hidden, heads = lm.get("hidden_size"), lm.get("num_attention_heads")
+    return hidden // heads if hidden and heads else None
+
+
 def engine_kwargs(cfg: Any, platform: Platform) -> tuple[dict[str, Any], list[str]]:
     """vLLM LLM(...) keyword arguments for this config and platform, and the choices worth logging."""
     check_tensor_parallel(cfg.tensor_parallel_size)
@@ -81,9 +96,14 @@ def engine_kwargs(cfg: Any, platform: Platform) -> tuple[dict[str, Any], list[st
     if kv.startswith("fp8") and not platform.fp8_kv:
         notes.append(f"kv_cache_dtype {kv} is not supported on {platform.kind}: using auto")
         kv = "auto"
+    overrides: dict[str, Any] = {"architectures": ["DeepseekOCRForCausalLM"]}
+    if head_dim := text_head_dim(cfg.model):
+        # transformers sets head_dim = qk_rope_head_dim, which is 0 for DeepSeek-OCR; vLLM 0.24 then sizes
+        # attention buffers from 0 and crashes (illegal memory access, FA3 divide trap): bench/GPU_RESULTS.md
+        overrides["text_config"] = {"head_dim": head_dim}
     kw: dict[str, Any] = dict(
         model=cfg.model,
-        hf_overrides={"architectures": ["DeepseekOCRForCausalLM"]},
+        hf_overrides=overrides,
         max_model_len=MAX_MODEL_LEN,
         max_num_seqs=cfg.seqs,
         limit_mm_per_prompt={"image": 1},
@@ -91,16 +111,15 @@ def engine_kwargs(cfg: Any, platform: Platform) -> tuple[dict[str, Any], list[st
         mm_processor_cache_gb=0,       # each image is seen once; caching only costs memory
         kv_cache_dtype=kv,
         tensor_parallel_size=cfg.tensor_parallel_size,
-        # DeepSeek-OCR's own runner sets 256; with vLLM's default 16 batched image requests crashed on H100.
-        block_size=cfg.block_size or 256,
         enforce_eager=cfg.enforce_eager,
         trust_remote_code=False,
     )
     if cfg.ngram_size > 0:
         from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor
         kw["logits_processors"] = [NGramPerReqLogitsProcessor]
-    if cfg.mm_encoder_tp_mode:
-        kw["mm_encoder_tp_mode"] = cfg.mm_encoder_tp_mode
+    for key in ("block_size", "attention_backend", "mm_encoder_tp_mode"):
+        if getattr(cfg, key):
+            kw[key] = getattr(cfg, key)
     if cfg.enable_fp8_weights:
         kw["quantization"] = "fp8"
     if platform.kind == "cpu":
@@ -109,21 +128,9 @@ def engine_kwargs(cfg: Any, platform: Platform) -> tuple[dict[str, Any], list[st
         notes.append("CPU platform: float32, no multimodal profiling, small KV space")
     else:
         kw.update(dtype="bfloat16", gpu_memory_utilization=cfg.gpu_memory_utilization)
-        attn = cfg.attention_backend or default_attention_backend(platform)
-        if attn:
-            kw["attention_backend"] = attn
-            # FlashAttention-3 in the vision encoder died on Hopper too; SDPA is safe there.
-            kw["mm_encoder_attn_backend"] = "TORCH_SDPA"
-    notes.append(f"block_size={kw['block_size']} kv_cache_dtype={kv} "
+    notes.append(f"head_dim={head_dim} kv_cache_dtype={kv} block_size={kw.get('block_size', 'vLLM default')} "
                  f"attention={kw.get('attention_backend', 'vLLM default')} eager={cfg.enforce_eager}")
     return kw, notes
-
-
-def default_attention_backend(platform: Platform) -> str | None:
-    """Hopper (9.x): FlashAttention-3, vLLM's default there, dies with a divide trap; Triton works."""
-    if platform.kind == "cuda" and platform.capability and platform.capability[0] == 9:
-        return "TRITON_ATTN"
-    return None
 
 
 def sampling_params(cfg: Any, whitelist: set[int], max_tokens: int | None = None) -> Any:
@@ -168,7 +175,13 @@ class VllmEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.special_tokens = tuple(self.tokenizer.all_special_tokens)
         self._params = sampling_params(cfg, table_tag_ids(self.tokenizer))
-        self._requests: dict[str, PageRequest] = {}
+        self._tasks = self.llm.llm_engine.get_supported_tasks()
+        self._requests: dict[str, PageRequest] = {}       # submitted: being prepared or in the core
+        # vLLM's input processor (~0.15-0.25 s of CPU per page) runs in these threads, not serially in
+        # LLMEngine.add_request: serial, it capped the runner at ~6 pages/s on an H100 (GPU_RESULTS.md).
+        self._prep = ThreadPoolExecutor(max(1, cfg.preprocess_workers), thread_name_prefix="vllm-input")
+        self._preparing: deque[tuple[str, PageRequest, Future]] = deque()
+        self._in_core = 0
         self.guard_active = None if cfg.ngram_size <= 0 else self._guard_is_active()
         if self.guard_active is False:
             log.warning("engine: the n-gram repetition guard has no effect on this vLLM version; "
@@ -189,22 +202,46 @@ class VllmEngine:
 
     def submit(self, request: PageRequest) -> None:
         rid = request.key.request_id(request.attempt)
-        prompt = {"prompt": request.prompt, "multi_modal_data": {"image": request.image}}
-        self.llm.llm_engine.add_request(rid, prompt, self._params)
         self._requests[rid] = request
+        self._preparing.append((rid, request, self._prep.submit(self._process_inputs, rid, request)))
+
+    def _process_inputs(self, rid: str, request: PageRequest) -> Any:
+        prompt = {"prompt": request.prompt, "multi_modal_data": {"image": request.image}}
+        return self.llm.llm_engine.input_processor.process_inputs(rid, prompt, self._params,
+                                                                  supported_tasks=self._tasks)
+
+    def _feed_core(self) -> list[EngineOutput]:
+        """Prepared pages go into the engine core in order; with the core idle, wait for the first one.
+        A page the input processor rejects fails alone."""
+        failed = []
+        while self._preparing and (self._preparing[0][2].done() or self._in_core == 0):
+            rid, req, future = self._preparing.popleft()
+            try:
+                prepared = future.result()
+            except Exception as exc:
+                self._requests.pop(rid, None)
+                failed.append(EngineOutput(req.key, "", 0, None, attempt=req.attempt,
+                                           error=f"input processing failed: {type(exc).__name__}: {exc}"))
+                continue
+            self.llm.llm_engine.add_request(rid, prepared, self._params)
+            self._in_core += 1
+        return failed
 
     def poll(self) -> list[EngineOutput]:
+        done = self._feed_core()
+        if self._in_core == 0:
+            return done
         try:
             outputs = self.llm.llm_engine.step()
         except Exception as exc:
             raise EngineDead(f"{type(exc).__name__}: {exc}") from exc
-        done = []
         for out in outputs:
             if not out.finished:
                 continue
             req = self._requests.pop(out.request_id, None)
             if req is None:
                 continue
+            self._in_core -= 1
             comp = out.outputs[0] if out.outputs else None
             done.append(EngineOutput(key=req.key, attempt=req.attempt, text=comp.text if comp else "",
                                      tokens=len(comp.token_ids) if comp else 0,
@@ -221,12 +258,18 @@ class VllmEngine:
     def lost_requests(self) -> list[PageRequest]:
         """The requests in flight when the engine died, for requeueing."""
         lost = list(self._requests.values())
+        for _, _, future in self._preparing:
+            future.cancel()
         self._requests.clear()
+        self._preparing.clear()
+        self._in_core = 0
         return lost
 
     def close(self) -> None:
         """Shut the engine down and make sure its processes are gone (GPU memory is freed with them)."""
         llm, self.llm = getattr(self, "llm", None), None
+        if getattr(self, "_prep", None):
+            self._prep.shutdown(wait=False, cancel_futures=True)
         if llm is not None:
             try:
                 llm.llm_engine.engine_core.shutdown()

@@ -83,23 +83,32 @@ def test_cpu_settings():
     kw, notes = engine_kwargs(cfg(), Platform("cpu", fp8_kv=False))
     assert kw["dtype"] == "float32" and kw["skip_mm_profiling"] is True
     assert kw["kv_cache_dtype"] == "auto" and any("not supported on cpu" in n for n in notes)
-    assert kw["block_size"] == 256 and "attention_backend" not in kw
+    assert "block_size" not in kw and "attention_backend" not in kw
     assert kw["enable_prefix_caching"] is False and kw["mm_processor_cache_gb"] == 0
 
 
-def test_hopper_gets_triton_attention_and_fp8_kv():
+def test_gpu_keeps_vllm_defaults_and_fp8_kv():
     kw, notes = engine_kwargs(cfg(), Platform("cuda", fp8_kv=True, capability=(9, 0)))
-    assert kw["attention_backend"] == "TRITON_ATTN" and kw["mm_encoder_attn_backend"] == "TORCH_SDPA"
-    assert kw["kv_cache_dtype"] == "fp8" and kw["dtype"] == "bfloat16" and kw["block_size"] == 256
-    assert any("attention=TRITON_ATTN" in n for n in notes)
+    assert "attention_backend" not in kw and "block_size" not in kw and kw["enforce_eager"] is False
+    assert kw["kv_cache_dtype"] == "fp8" and kw["dtype"] == "bfloat16"
+    assert any("attention=vLLM default" in n for n in notes)
 
 
-def test_l4_keeps_vllm_default_attention_and_overrides_win():
+def test_head_dim_override_comes_from_the_checkpoint(tmp_path):
+    """transformers reports head_dim 0 for DeepSeek-OCR (qk_rope_head_dim); vLLM 0.24 crashed on it."""
+    import shutil
+    from conftest import ROOT
+    shutil.copy(ROOT / "tests" / "fixtures" / "deepseek_ocr_config.json", tmp_path / "config.json")
+    kw, notes = engine_kwargs(cfg(model=str(tmp_path)), Platform("cuda", fp8_kv=True, capability=(8, 9)))
+    assert kw["hf_overrides"] == {"architectures": ["DeepseekOCRForCausalLM"], "text_config": {"head_dim": 128}}
+    assert any("head_dim=128" in n for n in notes)
+
+
+def test_overrides_win():
     l4 = Platform("cuda", fp8_kv=True, capability=(8, 9))
-    kw, _ = engine_kwargs(cfg(), l4)
-    assert "attention_backend" not in kw and kw["kv_cache_dtype"] == "fp8"
-    kw, _ = engine_kwargs(cfg(block_size=16, attention_backend="FLASHINFER", enable_fp8_weights=True), l4)
-    assert kw["block_size"] == 16 and kw["attention_backend"] == "FLASHINFER" and kw["quantization"] == "fp8"
+    kw, notes = engine_kwargs(cfg(block_size=256, attention_backend="TRITON_ATTN", enable_fp8_weights=True), l4)
+    assert kw["block_size"] == 256 and kw["attention_backend"] == "TRITON_ATTN" and kw["quantization"] == "fp8"
+    assert any("block_size=256" in n and "attention=TRITON_ATTN" in n for n in notes)
 
 
 def test_pre_ada_gpu_falls_back_from_fp8_kv():
