@@ -31,7 +31,7 @@ def check_local(folder: Path) -> Path:
         what = f"{stubs[0].name} is a {stubs[0].stat().st_size}-byte Git LFS placeholder" if stubs \
             else "no weight files"
         raise SetupError(f"{folder}: {what}, not the real weights. Fetch them with: "
-                         f"huggingface-cli download deepseek-ai/DeepSeek-OCR --local-dir {folder}")
+                         f"hf download deepseek-ai/DeepSeek-OCR --local-dir {folder}")
     return folder
 
 

@@ -69,7 +69,8 @@ def install_signal_handlers(pipeline: Pipeline) -> dict:
 
 def default_engine_factory(cfg: Config) -> Callable[[], Engine]:
     check_tensor_parallel(cfg.tensor_parallel_size)
-    local = dataclasses.replace(cfg, model=resolve_model(cfg.model))
+    model = cfg.model if cfg.load_format == "dummy" else resolve_model(cfg.model)   # dummy: config only
+    local = dataclasses.replace(cfg, model=model)
 
     def factory() -> Engine:
         from .engine import VllmEngine

@@ -45,6 +45,8 @@ class Config:
     save_crops: bool = opt(False, "grounded mode: write figure/table crops to <stem>_assets/")
     # Model and engine
     model: str = opt(DEFAULT_MODEL, "Hugging Face id or local checkpoint directory")
+    load_format: str = opt("auto", "vLLM load_format; 'dummy' = random weights, for throughput tests only",
+                           choices=("auto", "dummy"))
     batch_pages: int = opt(64, "pages in flight in the engine at once (continuous batching)", type=int)
     max_num_seqs: int | None = opt(None, "vLLM max_num_seqs (default: --batch-pages)", type=int)
     max_tokens: int = opt(6144, "output tokens per page at most (prompt + output <= 8192)", type=int)

@@ -113,6 +113,7 @@ def engine_kwargs(cfg: Any, platform: Platform) -> tuple[dict[str, Any], list[st
         tensor_parallel_size=cfg.tensor_parallel_size,
         enforce_eager=cfg.enforce_eager,
         trust_remote_code=False,
+        load_format=cfg.load_format,
     )
     if cfg.ngram_size > 0:
         from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor
