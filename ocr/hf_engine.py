@@ -1,0 +1,368 @@
+"""DeepSeek-OCR in Hugging Face transformers, in this process: the engine of run_pdf_ocr.py (no vLLM).
+
+The same Engine protocol as the vLLM engine, so render, blank check, journal, resume and report are shared.
+Static batches: submit() queues pages, poll() runs up to --batch-pages of them through one generate() call
+and returns them all. Greedy decoding with DeepSeek's HF infer() settings: no_repeat_ngram_size over the
+whole sequence (20), at most --max-tokens new tokens, stop at EOS (or a new chat turn).
+
+- DeepSeek-OCR-2: transformers' own deepseek_ocr2 classes; either config layout (see ocr/models.py).
+- DeepSeek-OCR (v1): only through the checkpoint's own code (modeling_deepseekocr.py, its infer()), which
+  needs --trust-remote-code and a CUDA GPU; one page per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from . import models
+from .checkpoint import SetupError, resolve_model
+from .config import Config, UsageError, build_parser, validate
+from .engine import STOP_STRINGS
+from .records import EngineOutput, PageRequest
+
+log = logging.getLogger(__name__)
+PROG = "run_pdf_ocr.py"
+DESCRIPTION = ("OCR every PDF under --input-dir into Markdown with DeepSeek-OCR in Hugging Face transformers, "
+               "in one process (no vLLM): the reference for run_pdf_ocr_vllm.py. Same flags and outputs; "
+               "--batch-pages is the number of pages per generate() call; vLLM-only flags are accepted and "
+               "ignored with a warning.")
+# Defaults that differ from the vLLM runner's: static batches must stay small (a batch runs as long as its
+# longest page), and DeepSeek's HF infer() uses no_repeat_ngram_size=20.
+RUNNER_DEFAULTS = {"batch_pages": 8, "ngram_size": 20}
+RUNNER_HELP = {  # where a shared flag means something else here
+    "batch_pages": "pages per generate() call (static batches: a batch takes as long as its longest page)",
+    "ngram_size": "no_repeat_ngram_size of generate(), over the whole sequence as in DeepSeek's HF infer() "
+                  "(0 turns it off)",
+    "trust_remote_code": "allow DeepSeek-OCR (v1) to run its own modeling_deepseekocr.py (CUDA only); "
+                         "DeepSeek-OCR-2 is built into transformers and needs no code of its own",
+}
+# Flags that only mean something to vLLM; given here, they are ignored with a warning.
+VLLM_ONLY = ("max_num_seqs", "gpu_memory_utilization", "kv_cache_dtype", "enable_fp8_weights",
+             "tensor_parallel_size", "mm_encoder_tp_mode", "block_size", "attention_backend", "enforce_eager",
+             "ngram_window")
+
+
+@dataclass(frozen=True)
+class HfPlan:
+    """Everything decided before the model loads: which checkpoint, where, how to decode."""
+    checkpoint: models.Checkpoint
+    device: str                   # "cuda" | "cpu"
+    dtype: str                    # "bfloat16" on GPUs, "float32" on CPUs
+    batch_pages: int
+    max_tokens: int
+    ngram_size: int
+    notes: tuple[str, ...] = ()   # logged once logging is set up
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    tokens: int                   # generated tokens, EOS included
+    finish_reason: str            # "stop" (EOS or a stop string) | "length" (hit --max-tokens)
+
+
+class Backend(Protocol):
+    special_tokens: tuple[str, ...]
+
+    def generate(self, requests: Sequence[PageRequest], cancelled: threading.Event) -> list[Generated]: ...
+
+
+# --- planning: the checks that end a run before it starts (one error line, exit code 2) ------------------
+def default_device() -> tuple[str, str]:
+    import torch
+    return ("cuda", "bfloat16") if torch.cuda.is_available() else ("cpu", "float32")
+
+
+def ignored_flags(cfg: Config) -> list[str]:
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    return ["--" + name.replace("_", "-") for name in VLLM_ONLY if getattr(cfg, name) != defaults[name]]
+
+
+def plan(cfg: Config, device: tuple[str, str] | None = None) -> HfPlan:
+    """Which model and how: refuses what cannot run here before anything is loaded or rendered."""
+    checkpoint = models.inspect(cfg.model)
+    family = checkpoint.family
+    if not family.transformers_native and not cfg.trust_remote_code:
+        raise SetupError(
+            f"{cfg.model} is {family.name}, which transformers runs only with the checkpoint's own Python code "
+            f"(modeling_deepseekocr.py): pass --trust-remote-code to allow it, or use run_pdf_ocr_vllm.py, "
+            f"or --model {models.DEEPSEEK_OCR2.hub_id} (built into transformers)")
+    checkpoint = models.with_local(checkpoint, resolve_model(cfg.model))
+    device_name, dtype = device or default_device()
+    notes = [f"{family.name} ({checkpoint.layout} layout) in transformers on {device_name}, {dtype}, "
+             f"{cfg.batch_pages} pages per generate(), no_repeat_ngram_size={cfg.ngram_size}"]
+    if not family.transformers_native:
+        if not checkpoint.has_remote_code:
+            raise SetupError(f"{cfg.model}: config.json names no code of its own (auto_map) or the folder has "
+                             f"no .py files, so --trust-remote-code has nothing to run; use the full "
+                             f"{family.hub_id} checkpoint")
+        if device_name != "cuda":
+            raise SetupError(f"{family.name}'s own code (infer()) runs only on a CUDA GPU; none is visible here")
+        notes.append(f"running {family.name}'s own code from {checkpoint.path} (--trust-remote-code)")
+    if ignored := ignored_flags(cfg):
+        notes.append(f"ignored by the transformers runner (vLLM only): {' '.join(ignored)}")
+    return HfPlan(checkpoint, device_name, dtype, cfg.batch_pages, cfg.max_tokens, cfg.ngram_size, tuple(notes))
+
+
+# --- turning generated ids into a page ---------------------------------------------------------------------
+def split_generated(ids: Sequence[int], eos_id: int | None, pad_id: int | None,
+                    max_new_tokens: int) -> tuple[list[int], str]:
+    """A row of generate()'s new tokens: the page's own tokens (EOS included) and why it ended. Rows of a
+    batch that finish early are filled with the pad id (which may be the EOS id)."""
+    ids = list(ids)
+    if eos_id is not None and eos_id in ids:
+        return ids[:ids.index(eos_id) + 1], "stop"
+    end = len(ids)
+    while end and pad_id is not None and ids[end - 1] == pad_id:
+        end -= 1
+    return ids[:end], "length" if end >= max_new_tokens else "stop"
+
+
+def cut_at_stop_string(text: str) -> str:
+    """vLLM leaves a matched stop string out of the text; so does this engine."""
+    cut = min((i for s in STOP_STRINGS if (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+def to_page(tokenizer: Any, ids: Sequence[int], max_new_tokens: int) -> Generated:
+    own, finish = split_generated(ids, tokenizer.eos_token_id, tokenizer.pad_token_id, max_new_tokens)
+    body = own[:-1] if own and own[-1] == tokenizer.eos_token_id else own
+    return Generated(cut_at_stop_string(tokenizer.decode(body, skip_special_tokens=False)), len(own), finish)
+
+
+def _stopping(cancelled: threading.Event) -> Any:
+    """generate() stops at once when the engine is closed (a hung engine is replaced; its thread ends)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+            return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Cancelled()])
+
+
+# --- backends ------------------------------------------------------------------------------------------------
+class Ocr2Transformers:
+    """DeepSeek-OCR-2 through transformers' deepseek_ocr2 classes, pages batched with left padding."""
+
+    def __init__(self, p: HfPlan):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+        from transformers import DeepseekOcr2ImageProcessorPil, DeepseekOcr2Processor
+
+        ckpt, fam = p.checkpoint, p.checkpoint.family
+        path = str(ckpt.path)
+        if ckpt.layout == "transformers":
+            processor, config = AutoProcessor.from_pretrained(path), None
+        else:   # deepseek-ai's layout: transformers' processor and config, built from what the folder holds
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            processor = DeepseekOcr2Processor(image_processor=DeepseekOcr2ImageProcessorPil(), tokenizer=tokenizer)
+            config = models.ocr2_transformers_config(ckpt, processor.image_token_id)
+        self.tokenizer = tok = processor.tokenizer
+        tok.padding_side = "left"
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        # DeepSeek's own runners put BOS before the prompt; add it where the tokenizer does not.
+        probe = tok("x")["input_ids"]
+        self.bos = "" if probe and probe[0] == tok.bos_token_id else (tok.bos_token or "")
+        self.processor = processor
+        # The official settings, whatever the checkpoint's processor file says: 1024 global view, 768 tiles.
+        self.image_kwargs = dict(size={"height": fam.base_size, "width": fam.base_size}, tile_size=fam.tile_size,
+                                 crop_to_patches=True, min_patches=fam.crops[0], max_patches=fam.crops[1])
+        self.dtype = getattr(torch, p.dtype)
+        self.device = p.device
+        kwargs = {"dtype": self.dtype} if config is None else {"dtype": self.dtype, "config": config}
+        self.model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).to(p.device).eval()
+        self.max_tokens, self.ngram_size = p.max_tokens, p.ngram_size
+        self.special_tokens = tuple(tok.all_special_tokens)
+
+    def generate(self, requests: Sequence[PageRequest], cancelled: threading.Event) -> list[Generated]:
+        import torch
+
+        inputs = self.processor(images=[r.image for r in requests], text=[self.bos + r.prompt for r in requests],
+                                padding=True, return_tensors="pt", **self.image_kwargs)
+        inputs = inputs.to(self.device)
+        for key in ("pixel_values", "pixel_values_local"):
+            if key in inputs:
+                inputs[key] = inputs[key].to(self.dtype)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs, do_sample=False, max_new_tokens=self.max_tokens, no_repeat_ngram_size=self.ngram_size,
+                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                stop_strings=STOP_STRINGS, tokenizer=self.tokenizer, stopping_criteria=_stopping(cancelled))
+        new = out[:, inputs["input_ids"].shape[1]:].tolist()
+        return [to_page(self.tokenizer, row, self.max_tokens) for row in new]
+
+
+class Ocr1RemoteCode:
+    """DeepSeek-OCR (v1) through its own infer() from modeling_deepseekocr.py (trust_remote_code), one page
+    per call. infer() fixes its own decoding settings (8192 new tokens, no_repeat_ngram_size 35 in eval
+    mode); they are replaced by this run's on the way to generate(), where the new tokens are read too."""
+
+    def __init__(self, p: HfPlan):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        path = str(p.checkpoint.path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+            model = AutoModel.from_pretrained(path, trust_remote_code=True, use_safetensors=True)
+        except Exception as exc:   # remote code written for transformers 4.46 may not import on newer ones
+            import transformers
+            raise SetupError(f"{p.checkpoint.family.name}'s own code did not load with transformers "
+                             f"{transformers.__version__} ({type(exc).__name__}: {exc}); it was written for "
+                             f"transformers 4.46") from exc
+        self.model = model.eval().to(p.device, dtype=getattr(torch, p.dtype))
+        self.family = p.checkpoint.family
+        self.max_tokens, self.ngram_size = p.max_tokens, p.ngram_size
+        self.special_tokens = tuple(self.tokenizer.all_special_tokens)
+
+    def generate(self, requests: Sequence[PageRequest], cancelled: threading.Event) -> list[Generated]:
+        return [self._one(r, cancelled) for r in requests]
+
+    def _one(self, request: PageRequest, cancelled: threading.Event) -> Generated:
+        new_ids: list[int] = []
+        original = self.model.generate
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            kwargs.update(do_sample=False, max_new_tokens=self.max_tokens, no_repeat_ngram_size=self.ngram_size,
+                          eos_token_id=self.tokenizer.eos_token_id, stopping_criteria=_stopping(cancelled))
+            kwargs.pop("temperature", None)
+            prompt = args[0] if args else kwargs["input_ids"]
+            out = original(*args, **kwargs)
+            new_ids.extend(out[0, prompt.shape[-1]:].tolist())
+            return out
+
+        with tempfile.TemporaryDirectory(prefix="ocr-page-") as tmp:
+            image = Path(tmp) / "page.png"
+            request.image.save(image)
+            self.model.generate = generate
+            try:
+                self.model.infer(self.tokenizer, prompt=request.prompt, image_file=str(image), output_path=tmp,
+                                 base_size=self.family.base_size, image_size=self.family.tile_size,
+                                 crop_mode=True, test_compress=False, save_results=False, eval_mode=True)
+            finally:
+                del self.model.generate          # the class's own method again
+        return to_page(self.tokenizer, new_ids, self.max_tokens)
+
+
+def load_backend(p: HfPlan) -> Backend:
+    return Ocr2Transformers(p) if p.checkpoint.family.transformers_native else Ocr1RemoteCode(p)
+
+
+# --- the engine ----------------------------------------------------------------------------------------------
+class HfEngine:
+    """Pages queue on submit(); each poll() generates one batch of up to batch_pages and returns all of it.
+
+    A batch that raises (out of memory, a page the processor rejects) is run again page by page, so only the
+    page at fault comes back with an error (the pipeline retries it once, then writes a failure stub)."""
+
+    def __init__(self, p: HfPlan, backend_factory: Callable[[HfPlan], Backend] = load_backend):
+        for note in p.notes:
+            log.log(logging.WARNING if note.startswith("ignored") else logging.INFO, "engine: %s", note)
+        start = time.perf_counter()
+        self.backend: Backend | None = backend_factory(p)
+        self.load_seconds = time.perf_counter() - start
+        self.batch_pages = p.batch_pages
+        self.special_tokens = tuple(self.backend.special_tokens)
+        self.guard_active = True if p.ngram_size > 0 else None   # transformers' own n-gram processor
+        self._device = p.device
+        self._queue: deque[PageRequest] = deque()
+        self._running: list[PageRequest] = []
+        self._cancelled = threading.Event()
+        log.info("engine: ready in %.1f s", self.load_seconds)
+
+    def submit(self, request: PageRequest) -> None:
+        self._queue.append(request)
+
+    def poll(self) -> list[EngineOutput]:
+        backend = self.backend
+        if not self._queue or backend is None:
+            return []
+        batch = [self._queue.popleft() for _ in range(min(self.batch_pages, len(self._queue)))]
+        self._running = batch
+        try:
+            results = self._generate(backend, batch)
+        finally:
+            self._running = []
+        if self._cancelled.is_set():           # closed meanwhile: these pages were handed back as lost
+            return []
+        return [EngineOutput(key=r.key, attempt=r.attempt, text=g.text, tokens=g.tokens,
+                             finish_reason=g.finish_reason) if isinstance(g, Generated)
+                else EngineOutput(key=r.key, attempt=r.attempt, text="", tokens=0, finish_reason=None, error=g)
+                for r, g in zip(batch, results)]
+
+    def _generate(self, backend: Backend, batch: list[PageRequest]) -> list[Generated | str]:
+        try:
+            return list(backend.generate(batch, self._cancelled))
+        except Exception as exc:
+            if self._cancelled.is_set():
+                return ["engine closed"] * len(batch)
+            self._free_memory()
+            if len(batch) == 1:
+                log.warning("page %d: generate failed: %s: %s", batch[0].key.page, type(exc).__name__, exc)
+                return [f"engine error: {type(exc).__name__}: {exc}"]
+            log.warning("a batch of %d pages failed (%s: %s); running them one by one", len(batch),
+                        type(exc).__name__, exc)
+            return [g for request in batch for g in self._generate(backend, [request])]
+
+    def _free_memory(self) -> None:
+        if self._device == "cuda":
+            import torch
+            torch.cuda.empty_cache()
+
+    def in_flight(self) -> int:
+        return len(self._queue) + len(self._running)
+
+    def lost_requests(self) -> list[PageRequest]:
+        """The pages not returned yet (queued or in the batch that was running), for requeueing."""
+        lost = self._running + list(self._queue)
+        self._running, self._queue = [], deque()
+        return lost
+
+    def close(self) -> None:
+        """Stop a running generate() at its next step and drop the model (freed once that step returns)."""
+        self._cancelled.set()
+        self.backend = None
+        self._free_memory()
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+def parse(argv: Sequence[str]) -> Config:
+    parser = build_parser(prog=PROG, description=DESCRIPTION)
+    parser.set_defaults(**RUNNER_DEFAULTS)
+    for action in parser._actions:           # argparse has no public way to reword a flag's help
+        if action.dest in RUNNER_HELP:
+            action.help = RUNNER_HELP[action.dest]
+        elif action.dest in VLLM_ONLY:
+            action.help = f"vLLM only, ignored here ({action.help})"
+    return validate(Config(**vars(parser.parse_args(list(argv)))))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """run_pdf_ocr.py: the shared command line (ocr.cli.main) with this engine."""
+    from .cli import ExitCode
+    from .cli import main as cli_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = parse(argv)
+        if not cfg.input_dir.is_dir():
+            raise UsageError(f"--input-dir {cfg.input_dir} is not a folder")
+        p = plan(cfg)
+    except (UsageError, ValueError, SetupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    # This runner's defaults, spelled out for the shared parser (which has the vLLM runner's).
+    resolved = ["--batch-pages", str(cfg.batch_pages), "--ngram-size", str(cfg.ngram_size)]
+    return cli_main([*argv, *resolved], engine_factory=lambda: HfEngine(p), prog=PROG)
