@@ -115,6 +115,7 @@ class Pipeline:
                 return
             sup = Supervisor(self.engine_factory, self.cfg.max_engine_restarts, self.cfg.page_timeout,
                              on_event=self.report.event)
+            self.report.engine_ready = time.time()
             self.special_tokens = tuple(getattr(sup.engine, "special_tokens", ()))
             self.report.engine.update({k: round(v, 1) if isinstance(v, float) else v
                                        for k in ("load_seconds", "guard_active")

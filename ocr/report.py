@@ -54,6 +54,7 @@ class RunReport:
         self.engine: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []   # engine restarts, signals: what a user needs to know
         self.interrupted: str | None = None
+        self.engine_ready: float | None = None   # when the first engine could take pages
 
     def entry(self, pdf: str) -> PdfEntry:
         return self.pdfs.setdefault(pdf, PdfEntry(pdf))
@@ -82,12 +83,15 @@ class RunReport:
         for e in entries:
             counters.update(e.counters)
         greek = _sum_greek(d["greek"] for e in entries for d in e.page_details)
+        since_ready = time.time() - self.engine_ready if self.engine_ready else 0.0
         return {"pdfs": len(self.pdfs), **{f"pdfs_{k}": v for k, v in sorted(by_status.items())},
                 "pages": pages, "blank_pages": sum(e.blank_pages for e in done),
                 "failed_pages": sum(len(e.failed_pages) for e in done),
                 "tokens": sum(e.tokens for e in done), "seconds": round(elapsed, 1),
                 "pages_per_s": round(pages / elapsed, 3) if elapsed else 0.0,
                 "tokens_per_s": round(sum(e.tokens for e in done) / elapsed, 1) if elapsed else 0.0,
+                # the steady rate, engine start-up excluded: what to compare with the raw engine
+                "pages_per_s_after_load": round(pages / since_ready, 3) if since_ready else 0.0,
                 "counters": dict(sorted(counters.items())), "greek": greek}
 
     def problems(self) -> list[PdfEntry]:

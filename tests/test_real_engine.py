@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -51,3 +52,72 @@ def test_real_engine_ocrs_a_folder(tmp_path, tiny_checkpoint):
     assert report["totals"]["tokens"] > 0
     assert report["engine"]["load_seconds"] > 0
     assert "CPU platform" in proc.stderr
+
+
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"runner exited ({proc.returncode}) before {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _journaled_pages(out: Path) -> int:
+    journal = out / ".ocr-state" / "journal"
+    return sum(len(p.read_text(encoding="utf-8").splitlines()) - 1 for p in journal.glob("*.jsonl")) \
+        if journal.exists() else 0
+
+
+def _start(src: Path, out: Path, ckpt: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(RUNNER), "--input-dir", str(src), "--output-dir", str(out),
+                             "--model", str(ckpt), *FAST, "--batch-pages", "1"], env=runner_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_real_engine_kill_and_resume(tmp_path, tiny_checkpoint):
+    """SIGKILL the runner after its first page; the re-run OCRs only the page that was not finished."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "two.pdf", [ENGLISH, GREEK])
+    proc = _start(src, out, tiny_checkpoint)
+    _wait_for(lambda: _journaled_pages(out) >= 1, 900, "the first page", proc)
+    proc.kill()
+    proc.wait()
+    assert not (out / "two.md").exists() and _journaled_pages(out) == 1
+    orphans = [pid for pid, _ in json.loads((out / ".ocr-state" / "engine.pids").read_text())["engine"]]
+
+    rerun = _start(src, out, tiny_checkpoint)
+    assert rerun.wait(1200) == 0, rerun.stderr.read()[-3000:]
+    import psutil
+    assert not any(psutil.pid_exists(pid) and "VLLM" in psutil.Process(pid).name() for pid in orphans)
+    report = json.loads((out / "run_report.json").read_text(encoding="utf-8"))
+    entry = report["pdfs"][0]
+    assert (entry["status"], entry["pages"], entry["resumed_pages"]) == ("complete", 2, 1)
+    assert "----- Page 2 -----" in (out / "two.md").read_text(encoding="utf-8")
+    assert not list((out / ".ocr-state" / "journal").iterdir())
+
+
+def test_real_engine_core_killed_mid_run_is_restarted(tmp_path, tiny_checkpoint):
+    """SIGKILL vLLM's engine-core process with a page in flight: restart, requeue, finish, exit 0."""
+    import psutil
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "pages.pdf", [ENGLISH, None, GREEK])
+    proc = _start(src, out, tiny_checkpoint)
+    log_dir = out / "logs"
+    _wait_for(lambda: log_dir.exists() and any("engine: ready" in p.read_text(encoding="utf-8")
+                                               for p in log_dir.glob("*.log")), 900, "the engine", proc)
+    time.sleep(3)                                    # a page is in the engine now (pages take ~a minute)
+    cores = [p for p in psutil.Process(proc.pid).children(recursive=True) if "EngineCore" in p.name()]
+    assert cores, "no engine-core process found"
+    cores[0].kill()
+
+    assert proc.wait(1500) == 0, proc.stderr.read()[-3000:]
+    md = (out / "pages.md").read_text(encoding="utf-8")
+    assert "failed" not in md and "[[Blank page]]" in md and "----- Page 3 -----" in md
+    report = json.loads((out / "run_report.json").read_text(encoding="utf-8"))
+    assert report["engine"]["restarts"] == 1 and report["engine"]["pages_isolated"] == 0
+    assert report["events"][0]["event"] == "engine_restart"
+    assert report["pdfs"][0]["status"] == "complete"
