@@ -13,6 +13,7 @@ whole sequence (20), at most --max-tokens new tokens, stop at EOS (or a new chat
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import sys
 import tempfile
@@ -45,6 +46,7 @@ RUNNER_HELP = {  # where a shared flag means something else here
     "trust_remote_code": "allow DeepSeek-OCR (v1) to run its own modeling_deepseekocr.py (CUDA only); "
                          "DeepSeek-OCR-2 is built into transformers and needs no code of its own",
 }
+STOP_TAIL_TOKENS = 8           # new tokens decoded per step to look for a stop string
 # Flags that only mean something to vLLM; given here, they are ignored with a warning.
 VLLM_ONLY = ("max_num_seqs", "gpu_memory_utilization", "kv_cache_dtype", "enable_fp8_weights",
              "tensor_parallel_size", "mm_encoder_tp_mode", "block_size", "attention_backend", "enforce_eager",
@@ -96,6 +98,10 @@ def plan(cfg: Config, device: tuple[str, str] | None = None) -> HfPlan:
             f"{cfg.model} is {family.name}, which transformers runs only with the checkpoint's own Python code "
             f"(modeling_deepseekocr.py): pass --trust-remote-code to allow it, or use run_pdf_ocr_vllm.py, "
             f"or --model {models.DEEPSEEK_OCR2.hub_id} (built into transformers)")
+    if family.transformers_native and importlib.util.find_spec("transformers.models.deepseek_ocr2") is None:
+        import transformers
+        raise SetupError(f"transformers {transformers.__version__} has no DeepSeek-OCR-2 (deepseek_ocr2): "
+                         f"upgrade it (pip install -U transformers)")
     checkpoint = models.with_local(checkpoint, resolve_model(cfg.model))
     device_name, dtype = device or default_device()
     notes = [f"{family.name} ({checkpoint.layout} layout) in transformers on {device_name}, {dtype}, "
@@ -139,16 +145,24 @@ def to_page(tokenizer: Any, ids: Sequence[int], max_new_tokens: int) -> Generate
     return Generated(cut_at_stop_string(tokenizer.decode(body, skip_special_tokens=False)), len(own), finish)
 
 
-def _stopping(cancelled: threading.Event) -> Any:
-    """generate() stops at once when the engine is closed (a hung engine is replaced; its thread ends)."""
+def _stopping(cancelled: threading.Event, tokenizer: Any = None, prompt_len: int = 0) -> Any:
+    """generate() stops at once when the engine is closed (a hung engine is replaced; its thread ends), and a
+    row stops when its text starts a new chat turn (STOP_STRINGS, as the vLLM engine does). transformers' own
+    stop_strings needs a tokenizer it can take apart (byte-level BPE); this reads the decoded tail instead."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    class Cancelled(StoppingCriteria):
+    class Stop(StoppingCriteria):
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-            return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device)
+            if cancelled.is_set() or tokenizer is None:
+                done = [cancelled.is_set()] * input_ids.shape[0]
+            else:
+                tails = input_ids[:, prompt_len:][:, -STOP_TAIL_TOKENS:].tolist()
+                done = [any(s in tokenizer.decode(t, skip_special_tokens=False) for s in STOP_STRINGS)
+                        for t in tails]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
-    return StoppingCriteriaList([Cancelled()])
+    return StoppingCriteriaList([Stop()])
 
 
 # --- backends ------------------------------------------------------------------------------------------------
@@ -165,9 +179,10 @@ class Ocr2Transformers:
         if ckpt.layout == "transformers":
             processor, config = AutoProcessor.from_pretrained(path), None
         else:   # deepseek-ai's layout: transformers' processor and config, built from what the folder holds
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            config = models.ocr2_transformers_config(ckpt)
+            tokenizer = AutoTokenizer.from_pretrained(path, config=config)   # not config.json's deepseek_vl_v2
             processor = DeepseekOcr2Processor(image_processor=DeepseekOcr2ImageProcessorPil(), tokenizer=tokenizer)
-            config = models.ocr2_transformers_config(ckpt, processor.image_token_id)
+            config.image_token_id = processor.image_token_id
         self.tokenizer = tok = processor.tokenizer
         tok.padding_side = "left"
         if tok.pad_token_id is None:
@@ -199,7 +214,7 @@ class Ocr2Transformers:
             out = self.model.generate(
                 **inputs, do_sample=False, max_new_tokens=self.max_tokens, no_repeat_ngram_size=self.ngram_size,
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-                stop_strings=STOP_STRINGS, tokenizer=self.tokenizer, stopping_criteria=_stopping(cancelled))
+                stopping_criteria=_stopping(cancelled, self.tokenizer, inputs["input_ids"].shape[1]))
         new = out[:, inputs["input_ids"].shape[1]:].tolist()
         return [to_page(self.tokenizer, row, self.max_tokens) for row in new]
 
@@ -235,10 +250,11 @@ class Ocr1RemoteCode:
         original = self.model.generate
 
         def generate(*args: Any, **kwargs: Any) -> Any:
-            kwargs.update(do_sample=False, max_new_tokens=self.max_tokens, no_repeat_ngram_size=self.ngram_size,
-                          eos_token_id=self.tokenizer.eos_token_id, stopping_criteria=_stopping(cancelled))
-            kwargs.pop("temperature", None)
             prompt = args[0] if args else kwargs["input_ids"]
+            kwargs.update(do_sample=False, max_new_tokens=self.max_tokens, no_repeat_ngram_size=self.ngram_size,
+                          eos_token_id=self.tokenizer.eos_token_id,
+                          stopping_criteria=_stopping(cancelled, self.tokenizer, prompt.shape[-1]))
+            kwargs.pop("temperature", None)
             out = original(*args, **kwargs)
             new_ids.extend(out[0, prompt.shape[-1]:].tolist())
             return out

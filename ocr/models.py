@@ -93,12 +93,18 @@ class Checkpoint:
         return int(self.text_config.get("num_attention_heads", 10))
 
     @property
+    def head_dim(self) -> int | None:
+        """The language model's real head size (hidden / heads), when the config is at hand."""
+        hidden, heads = self.text_config.get("hidden_size"), self.text_config.get("num_attention_heads")
+        return hidden // heads if hidden and heads else None
+
+    @property
     def has_remote_code(self) -> bool:
         """The checkpoint names its own Python classes (auto_map) and ships at least one .py file."""
         return bool(self.config.get("auto_map")) and (self.path is None or any(self.path.glob("*.py")))
 
     def vllm_hf_overrides(self) -> dict[str, Any]:
-        """hf_overrides for vLLM's LLM(...): the architecture to run, and the config class to read.
+        """hf_overrides for vLLM's LLM(...): the architecture to run, the config class to read, the head size.
 
         vLLM reads both models' configs with its DeepseekVLV2Config, registered for model_type
         deepseek_vl_v2; a checkpoint that says otherwise on disk gets that type named too."""
@@ -110,6 +116,10 @@ class Checkpoint:
         overrides: dict[str, Any] = {"architectures": [self.family.vllm_architecture]}
         if self.config.get("model_type", "deepseek_vl_v2") != "deepseek_vl_v2":
             overrides["model_type"] = "deepseek_vl_v2"
+        if head_dim := self.head_dim:
+            # transformers sets head_dim = qk_rope_head_dim, which is 0 for both models (no MLA); vLLM then
+            # sizes attention buffers from 0 and crashes on GPUs (bench/GPU_RESULTS.md)
+            overrides["text_config"] = {"head_dim": head_dim}
         return overrides
 
     def ngram(self, size: int | None, window: int | None) -> tuple[int, int]:
@@ -134,7 +144,8 @@ def detect(config: Mapping[str, Any], where: str = "config.json") -> tuple[Famil
     archs = set(config.get("architectures") or ())
     model_type = config.get("model_type")
     layout = "original" if "language_config" in config else "transformers"
-    if model_type == "deepseek_ocr2" or archs & {"DeepseekOCR2ForCausalLM", "DeepseekOcr2ForConditionalGeneration"}:
+    v2_archs = {"DeepseekOCR2ForCausalLM", "DeepseekOcr2ForConditionalGeneration"}
+    if model_type == "deepseek_ocr2" or archs & v2_archs:
         return DEEPSEEK_OCR2, layout
     if "DeepseekOCRForCausalLM" in archs or model_type == "deepseek_ocr":
         return DEEPSEEK_OCR, layout

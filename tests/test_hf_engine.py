@@ -327,3 +327,20 @@ def test_both_config_layouts_give_the_same_pages(tiny_ocr2_original, tiny_ocr2_t
         eng.close()
         pages.append((out.text, out.tokens, out.finish_reason))
     assert pages[0] == pages[1] and pages[0][1] > 0
+
+
+class CharTokenizer:
+    """decode() maps ids to letters; 9 spells a new chat turn."""
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join("<|User|>" if i == 9 else chr(ord("a") + i) for i in ids)
+
+
+def test_rows_stop_at_a_new_chat_turn_and_all_stop_when_cancelled():
+    import torch
+
+    cancelled = threading.Event()
+    [stop] = hf_engine._stopping(cancelled, CharTokenizer(), prompt_len=2)
+    ids = torch.tensor([[9, 9, 1, 2, 3], [0, 0, 1, 9, 2]])     # the prompt's own 9s do not count
+    assert stop(ids, None).tolist() == [False, True]
+    cancelled.set()
+    assert stop(ids, None).tolist() == [True, True]

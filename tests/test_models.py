@@ -79,9 +79,11 @@ def test_with_local_reads_the_downloaded_config(tmp_path):
 
 def test_vllm_overrides_name_the_architecture_and_the_config_class():
     v1 = Checkpoint("m", DEEPSEEK_OCR, "original", None, V1_CONFIG)
-    assert v1.vllm_hf_overrides() == {"architectures": ["DeepseekOCRForCausalLM"]}
+    assert v1.vllm_hf_overrides() == {"architectures": ["DeepseekOCRForCausalLM"], "text_config": {"head_dim": 128}}
     v2 = Checkpoint("m", DEEPSEEK_OCR2, "original", None, V2_ORIGINAL)
-    assert v2.vllm_hf_overrides() == {"architectures": ["DeepseekOCR2ForCausalLM"]}
+    assert v2.vllm_hf_overrides() == {"architectures": ["DeepseekOCR2ForCausalLM"], "text_config": {"head_dim": 64}}
+    assert Checkpoint("m", DEEPSEEK_OCR2, "original").vllm_hf_overrides() == \
+        {"architectures": ["DeepseekOCR2ForCausalLM"]}                 # a hub id, config not read yet
     odd = Checkpoint("m", DEEPSEEK_OCR2, "original", None, {**V2_ORIGINAL, "model_type": "deepseek_ocr2"})
     assert odd.vllm_hf_overrides()["model_type"] == "deepseek_vl_v2"
     community = Checkpoint("deepseek-community/DeepSeek-OCR-2", DEEPSEEK_OCR2, "transformers")
