@@ -1,0 +1,227 @@
+"""vLLM general plugin: DeepSeek-OCR vision modes (Large, Base, ...) per request, next to Gundam.
+
+vLLM 0.32 fixes DeepSeek-OCR to Gundam mode (1024 global view + 640 crops) through module constants
+(`BASE_SIZE`, `IMAGE_SIZE`, `CROP_MODE` in `vllm/transformers_utils/processors/deepseek_ocr.py`, imported
+by name into `vllm/model_executor/models/deepseek_ocr.py`). Per-request `mm_processor_kwargs` such as
+`{"base_size": 1280, "image_size": 1280, "crop_mode": False}` already reach the HF processor, which then
+produces a 1280x1280 view; only two things stop such a request from working:
+
+1. the calling process counts the image's placeholder tokens with the constants, not from what the
+   processor produced (a Large view gets Gundam's count, and the engine fails on the mismatch);
+2. the engine-core worker batches the images of several requests; a 1280 view next to a 1024 one cannot
+   be stacked, vLLM hands the model a list, and the model asserts a tensor. The empty crop tensors of
+   crop-less views also differ in size (0x3x1280x1280 beside 0x3x640x640), and vLLM zero-pads such crop
+   batches to the largest size, which would corrupt the Gundam crops beside them.
+
+`install()` fixes both, in whichever process it runs:
+
+- calling process: the placeholder count is computed from the tensors the processor produced (global
+  view side, crop side and tile grid), so it always matches; an empty crop tensor is given Gundam's crop
+  size so crop batches keep one shape;
+- engine-core worker: a batch whose global views differ in size is encoded one image at a time.
+
+Gundam requests are untouched (the same count, the same tensors). SAM and CLIP interpolate their position
+embeddings to the input size (`get_abs_pos`, `get_rel_pos` in vllm/model_executor/models/deepencoder.py),
+and the model's eager encoder derives every grid side from the tensor shapes, so 1280 inputs need no
+change in the model. Not covered: vLLM's optional encoder CUDA graphs (`compilation_config.
+cudagraph_mm_encoder`, off by default), which size the global path from the constants.
+
+The worker runs in the engine-core process; vLLM calls general plugins there (and in the calling process)
+through the `vllm.general_plugins` entry point. Declare it in pyproject.toml
+
+    [project.entry-points."vllm.general_plugins"]
+    deepseek_ocr_vision_modes = "ocr.vllm_plugin:register"
+
+or call `activate(folder)` before building the engine, which writes an equivalent entry point into a
+folder on sys.path (and PYTHONPATH, for spawned processes) at run time. `register()` is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "deepseek_ocr_vision_modes"
+ENTRY_POINT = "ocr.vllm_plugin:register"
+DIST_NAME = "ocr_deepseek_vision_modes"
+PATCH_FLAG = "_ocr_vision_modes_patched"
+# Set to "0" to load the plugin without patching anything (to compare against stock vLLM).
+DISABLE_ENV = "OCR_VISION_MODES_PATCH"
+
+PATCH_SIZE, DOWNSAMPLE = 16, 4          # DeepSeek-OCR's patch size and projector downsampling
+
+
+def view_tokens(base_size: int, crop_size: int, tiles: tuple[int, int]) -> int:
+    """Placeholder tokens of one image: global view (a newline per row), tiled crops if any, separator.
+
+    The same count as vLLM's DeepseekOCRProcessingInfo.get_num_image_tokens and the processor's
+    tokenize_with_images, but from sizes instead of module constants."""
+    side = math.ceil(base_size // PATCH_SIZE / DOWNSAMPLE)
+    tokens = side * (side + 1) + 1
+    width_tiles, height_tiles = tiles
+    if width_tiles > 1 or height_tiles > 1:
+        local = math.ceil(crop_size // PATCH_SIZE / DOWNSAMPLE)
+        tokens += (height_tiles * local) * (width_tiles * local + 1)
+    return tokens
+
+
+def register() -> None:
+    """The `vllm.general_plugins` entry point: vLLM calls it in every process it starts."""
+    if os.environ.get(DISABLE_ENV, "1") == "0":
+        log.info("%s: loaded, patch disabled by %s=0", PLUGIN_NAME, DISABLE_ENV)
+        return
+    install()
+
+
+def install() -> bool:
+    """Patch vLLM's DeepSeek-OCR processor and model in this process; True if patched now."""
+    from vllm.model_executor.models import deepseek_ocr as m
+
+    proc_cls, model_cls = m.DeepseekOCRMultiModalProcessor, m.DeepseekOCRForCausalLM
+    if getattr(proc_cls, PATCH_FLAG, False):
+        return False
+    proc_cls._get_prompt_updates = _make_prompt_updates(m)
+    proc_cls._call_hf_processor = _make_call_hf_processor(proc_cls._call_hf_processor, m)
+    model_cls.embed_multimodal = _make_embed_multimodal(model_cls.embed_multimodal)
+    setattr(proc_cls, PATCH_FLAG, True)
+    setattr(model_cls, PATCH_FLAG, True)
+    log.info("%s: DeepSeek-OCR vision modes per request enabled (pid %d)", PLUGIN_NAME, os.getpid())
+    return True
+
+
+def is_installed() -> bool:
+    """True once this process's DeepSeek-OCR classes carry the patch."""
+    from vllm.model_executor.models import deepseek_ocr as m
+    return bool(getattr(m.DeepseekOCRMultiModalProcessor, PATCH_FLAG, False))
+
+
+# --- calling process: placeholder count and crop shape ----------------------------------------------
+
+def _item_tokens(item: Any) -> int | None:
+    """Placeholder count from one processed image (a MultiModalKwargsItem), or None if its data is gone."""
+    try:
+        pixel_values = item["pixel_values"].data
+        crops = item["images_crop"].data
+        tiles = item["images_spatial_crop"].data
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if pixel_values is None or tiles is None:
+        return None
+    crop_size = int(crops.shape[-1]) if crops is not None else 0
+    return view_tokens(int(pixel_values.shape[-1]), crop_size, (int(tiles[0]), int(tiles[1])))
+
+
+def _kwargs_tokens(kwargs: dict[str, Any], width: int, height: int, m: Any) -> int:
+    """Placeholder count from the processor settings, mirroring tokenize_with_images (fallback)."""
+    from vllm.transformers_utils.processors import deepseek_ocr as p
+
+    base = int(kwargs.get("base_size", m.BASE_SIZE))
+    size = int(kwargs.get("image_size", m.IMAGE_SIZE))
+    crop = bool(kwargs.get("crop_mode", m.CROP_MODE))
+    max_crops = int(kwargs.get("max_crops", p.MAX_CROPS))
+    if (width <= size and height <= size) or not crop:
+        tiles = (1, 1)
+    else:
+        tiles = tuple(p.count_tiles(width, height, max_num=max_crops, image_size=size))
+    return view_tokens(base, size, tiles)   # type: ignore[arg-type]
+
+
+def _make_prompt_updates(m: Any):
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
+        hf_processor = self.info.get_hf_processor(**hf_processor_mm_kwargs)
+        image_token_id = hf_processor.image_token_id
+        assert isinstance(image_token_id, int)
+        merged = self.info.ctx.get_merged_mm_kwargs(hf_processor_mm_kwargs)
+        try:
+            produced = list(out_mm_kwargs.get("image", []) or [])
+        except AttributeError:
+            produced = []
+
+        def replacement(item_idx: int):
+            images = mm_items.get_items("image", (m.ImageEmbeddingItems, m.ImageProcessorItems))
+            if isinstance(images, m.ImageEmbeddingItems):
+                return [image_token_id] * images.get_feature_size(item_idx)
+            count = _item_tokens(produced[item_idx]) if item_idx < len(produced) else None
+            if count is None:
+                size = images.get_image_size(item_idx)
+                count = _kwargs_tokens(merged, size.width, size.height, m)
+            return [image_token_id] * count
+
+        return [m.PromptReplacement(modality="image", target=[image_token_id], replacement=replacement)]
+    return _get_prompt_updates
+
+
+def _make_call_hf_processor(original, m: Any):
+    def _call_hf_processor(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        crops = out.get("images_crop") if hasattr(out, "get") else None
+        size = m.IMAGE_SIZE
+        if crops is not None and crops.shape[0] == 0 and tuple(crops.shape[-2:]) != (size, size):
+            out["images_crop"] = crops.new_zeros((0, *crops.shape[1:-2], size, size))
+        return out
+    return _call_hf_processor
+
+
+# --- engine-core worker: mixed view sizes in one encoder batch ---------------------------------------
+
+def _make_embed_multimodal(original):
+    def embed_multimodal(self, **kwargs):
+        pixel_values = kwargs.get("pixel_values")
+        if not isinstance(pixel_values, (list, tuple)):
+            return original(self, **kwargs)
+        import torch
+
+        spatial = kwargs["images_spatial_crop"]
+        crops = kwargs.get("images_crop")
+        outputs, offset = [], 0
+        for i, view in enumerate(pixel_values):
+            tiles = spatial[i] if isinstance(spatial, torch.Tensor) else torch.as_tensor(spatial[i])
+            tiles = tiles.reshape(-1)
+            count = int(tiles.prod()) if (tiles[0] > 1 or tiles[1] > 1) else 0
+            if isinstance(crops, (list, tuple)):
+                own = crops[i]
+            else:
+                own = crops[offset:offset + count]
+            offset += count
+            outputs.extend(original(self, pixel_values=view.reshape(1, *view.shape[-3:]), images_crop=own,
+                                    images_spatial_crop=tiles.reshape(1, 2)))
+        return outputs
+    return embed_multimodal
+
+
+# --- registering the entry point at run time ----------------------------------------------------------
+
+def activate(folder: Path) -> Path:
+    """Make vLLM load this plugin in every process it starts, without installing the project.
+
+    Writes `<folder>/ocr_deepseek_vision_modes-1.0.dist-info` with the entry point, puts `folder` and the
+    project root on sys.path and PYTHONPATH (spawned engine processes read both), adds the plugin to
+    VLLM_PLUGINS if that allow-list is set, and patches this process now (vLLM may have loaded its plugins
+    here already). Call it before building the engine. Returns the dist-info folder."""
+    folder = Path(folder).resolve()
+    dist = folder / f"{DIST_NAME}-1.0.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {DIST_NAME}\nVersion: 1.0\n",
+                                   encoding="utf-8")
+    (dist / "entry_points.txt").write_text(f"[vllm.general_plugins]\n{PLUGIN_NAME} = {ENTRY_POINT}\n",
+                                           encoding="utf-8")
+    root = str(Path(__file__).resolve().parents[1])
+    for entry in (str(folder), root):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+        parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if entry not in parts:
+            os.environ["PYTHONPATH"] = os.pathsep.join([entry, *parts])
+    allowed = os.environ.get("VLLM_PLUGINS")
+    if allowed is not None and PLUGIN_NAME not in allowed.split(","):
+        os.environ["VLLM_PLUGINS"] = ",".join(p for p in (allowed, PLUGIN_NAME) if p)
+    import importlib
+    importlib.invalidate_caches()
+    install()
+    return dist
