@@ -50,7 +50,7 @@ STOP_TAIL_TOKENS = 8           # new tokens decoded per step to look for a stop 
 # Flags that only mean something to vLLM; given here, they are ignored with a warning.
 VLLM_ONLY = ("max_num_seqs", "gpu_memory_utilization", "kv_cache_dtype", "enable_fp8_weights",
              "tensor_parallel_size", "mm_encoder_tp_mode", "block_size", "attention_backend", "enforce_eager",
-             "ngram_window")
+             "ngram_window", "preprocess_workers", "load_format")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,8 @@ def default_device() -> tuple[str, str]:
 
 def ignored_flags(cfg: Config) -> list[str]:
     defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    return ["--" + name.replace("_", "-") for name in VLLM_ONLY if getattr(cfg, name) != defaults[name]]
+    return ["--" + name.replace("_", "-") for name in VLLM_ONLY
+            if name in defaults and getattr(cfg, name) != defaults[name]]
 
 
 def plan(cfg: Config, device: tuple[str, str] | None = None) -> HfPlan:
