@@ -49,9 +49,8 @@ def test_vllm_runner_ocrs_a_folder_with_deepseek_ocr2(tmp_path, tiny_ocr2_origin
     assert report["totals"]["pages"] == 3 and report["totals"]["blank_pages"] == 1
     assert 0 < report["totals"]["tokens"] <= 2 * 16
     assert report["engine"]["guard_active"] is True
-    # vLLM was asked for its DeepSeek-OCR-2 implementation (the v2 weights load into nothing else), with
-    # DeepSeek-OCR-2's n-gram guard (20/90) and the real head size of the tiny language model (128 / 2)
-    assert "'architectures': ['DeepseekOCR2ForCausalLM']" in proc.stderr
+    # vLLM ran its DeepSeek-OCR-2 implementation (the v2 vision weights, SAM + Qwen2 encoder, load into no
+    # other), with DeepSeek-OCR-2's n-gram guard (20/90) and the tiny language model's real head size (128/2)
     assert "head_dim=64" in proc.stderr
     assert "model: DeepSeek-OCR-2 (DeepseekOCR2ForCausalLM), n-gram guard 20/90" in proc.stderr
     print(f"vLLM DeepSeek-OCR-2 run: {time.monotonic() - started:.0f} s")
