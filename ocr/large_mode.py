@@ -97,13 +97,14 @@ def engine_prompt(prompt: str, image: Image.Image, mode: VisionMode = GUNDAM) ->
 
 def enable(state_dir: Path) -> bool:
     """Make Large requests possible in the engine about to be built: register the vLLM plugin (before the
-    engine starts, so its processes load it) and patch this process. False when vLLM is missing."""
+    engine starts, so its processes load it) and patch this process. False when vLLM is missing or its
+    DeepSeek-OCR code is not the one the patch knows (then send no Large requests)."""
     try:
         from . import vllm_plugin
         vllm_plugin.activate(Path(state_dir) / "vllm-plugin")
+        return vllm_plugin.is_installed()
     except ImportError:
         return False
-    return True
 
 
 # --- deciding ---------------------------------------------------------------------------------------

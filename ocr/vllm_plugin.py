@@ -83,6 +83,11 @@ def install() -> bool:
     """Patch vLLM's DeepSeek-OCR processor and model in this process; True if patched now."""
     from vllm.model_executor.models import deepseek_ocr as m
 
+    missing = [name for name in NEEDED if not _has(m, name)]
+    if missing:
+        log.warning("%s: this vLLM's DeepSeek-OCR lacks %s; Large mode stays off", PLUGIN_NAME,
+                    ", ".join(missing))
+        return False
     proc_cls, model_cls = m.DeepseekOCRMultiModalProcessor, m.DeepseekOCRForCausalLM
     if getattr(proc_cls, PATCH_FLAG, False):
         return False
@@ -92,6 +97,21 @@ def install() -> bool:
     setattr(proc_cls, PATCH_FLAG, True)
     setattr(model_cls, PATCH_FLAG, True)
     log.info("%s: DeepSeek-OCR vision modes per request enabled (pid %d)", PLUGIN_NAME, os.getpid())
+    return True
+
+
+# What the patch relies on in vllm/model_executor/models/deepseek_ocr.py (vLLM 0.32).
+NEEDED = ("DeepseekOCRMultiModalProcessor._get_prompt_updates", "DeepseekOCRMultiModalProcessor._call_hf_processor",
+          "DeepseekOCRForCausalLM.embed_multimodal", "PromptReplacement", "ImageEmbeddingItems",
+          "ImageProcessorItems", "BASE_SIZE", "IMAGE_SIZE", "CROP_MODE")
+
+
+def _has(module: Any, dotted: str) -> bool:
+    obj = module
+    for part in dotted.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
     return True
 
 
@@ -137,7 +157,8 @@ def _make_prompt_updates(m: Any):
         hf_processor = self.info.get_hf_processor(**hf_processor_mm_kwargs)
         image_token_id = hf_processor.image_token_id
         assert isinstance(image_token_id, int)
-        merged = self.info.ctx.get_merged_mm_kwargs(hf_processor_mm_kwargs)
+        merge = getattr(self.info.ctx, "get_merged_mm_kwargs", None)     # engine-level + request kwargs
+        merged = merge(hf_processor_mm_kwargs) if merge else dict(hf_processor_mm_kwargs)
         try:
             produced = list(out_mm_kwargs.get("image", []) or [])
         except AttributeError:

@@ -153,6 +153,15 @@ def test_register_can_be_switched_off(monkeypatch):
     assert calls == [1]
 
 
+def test_install_refuses_an_unknown_vllm(monkeypatch):
+    """If vLLM's DeepSeek-OCR code moved, nothing is patched and Large mode stays off."""
+    pytest.importorskip("vllm")
+    from vllm.model_executor.models import deepseek_ocr as m
+
+    monkeypatch.delattr(m, "PromptReplacement")
+    assert vllm_plugin.install() is False and not vllm_plugin.is_installed()
+
+
 # --- registering the plugin -----------------------------------------------------------------------------
 
 def test_activate_registers_the_entry_point(tmp_path, monkeypatch):
@@ -182,10 +191,12 @@ if __name__ == "__main__":
     from ocr import large_mode, vllm_plugin
     vllm_plugin.activate(Path(sys.argv[3]))
     from vllm import LLM, SamplingParams
-    llm = LLM(model=sys.argv[2], dtype="float32", skip_mm_profiling=True, block_size=256, max_model_len=8192,
-              limit_mm_per_prompt={"image": 1}, enable_prefix_caching=False, mm_processor_cache_gb=0,
-              max_num_batched_tokens=4096, enforce_eager=True,
-              hf_overrides={"architectures": ["DeepseekOCRForCausalLM"]})
+    kwargs = dict(model=sys.argv[2], dtype="float32", skip_mm_profiling=True, block_size=256, max_model_len=8192,
+                  limit_mm_per_prompt={"image": 1}, enable_prefix_caching=False, mm_processor_cache_gb=0,
+                  max_num_batched_tokens=4096, enforce_eager=True,
+                  hf_overrides={"architectures": ["DeepseekOCRForCausalLM"]})
+    kwargs.update(json.loads(os.environ.get("LARGE_PROBE_LLM_KWARGS", "{}")))   # e.g. GPU backends
+    llm = LLM(**kwargs)
     print("LOADED %.1f" % (time.monotonic() - start), flush=True)
     def page(size, word):
         img = Image.new("RGB", size, "white")
