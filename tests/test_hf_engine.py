@@ -344,3 +344,27 @@ def test_rows_stop_at_a_new_chat_turn_and_all_stop_when_cancelled():
     assert stop(ids, None).tolist() == [False, True]
     cancelled.set()
     assert stop(ids, None).tolist() == [True, True]
+
+
+NO_VLLM_DRIVER = """
+import sys
+sys.modules["vllm"] = None                       # any import of vllm now fails, as where it is not installed
+sys.path[:0] = [{root!r}, {tests!r}]
+from ocr import hf_engine
+from ocr.cli import main
+from ocr.models import DEEPSEEK_OCR2, Checkpoint
+from test_hf_engine import FakeBackend
+p = hf_engine.HfPlan(Checkpoint("tiny", DEEPSEEK_OCR2, "original"), "cpu", "float32", 2, 16, 20)
+sys.exit(main(sys.argv[1:], engine_factory=lambda: hf_engine.HfEngine(p, lambda _: FakeBackend()),
+              prog=hf_engine.PROG))
+"""
+
+
+def test_the_baseline_runs_where_vllm_is_not_installed(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "a.pdf", [ENGLISH, None])
+    driver = NO_VLLM_DRIVER.format(root=str(ROOT), tests=str(ROOT / "tests"))
+    proc = subprocess.run([sys.executable, "-c", driver, "--input-dir", str(src), "--output-dir", str(out),
+                           "--render-workers", "1", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "a.md").read_text(encoding="utf-8") == "page 1\n\n----- Page 2 -----\n\n[[Blank page]]\n"
