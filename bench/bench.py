@@ -124,8 +124,17 @@ def reap_children(timeout_s: float = 30.0) -> None:
     waiting) to exit and reap them, so that RUSAGE_CHILDREN includes their peaks."""
     import multiprocessing
 
+    def exists(pid: int) -> bool:     # a child someone else reaped (psutil, in VllmEngine.close) is gone
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+
     deadline = time.monotonic() + timeout_s
-    while multiprocessing.active_children() and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        if not [p for p in multiprocessing.active_children() if p.pid and exists(p.pid)]:   # reaps the finished
+            return
         time.sleep(0.1)
 
 
