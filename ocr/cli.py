@@ -15,11 +15,13 @@ from typing import Callable, Sequence
 from .checkpoint import SetupError, resolve_model
 from .config import Config, UsageError, parse_config
 from .engine import Engine, check_tensor_parallel
+from .models import inspect as inspect_model
 from .pipeline import Pipeline
 from .report import RunReport
 
 log = logging.getLogger("ocr")
-DESCRIPTION = "OCR every PDF under --input-dir into Markdown with DeepSeek-OCR in an in-process vLLM engine."
+DESCRIPTION = ("OCR every PDF under --input-dir into Markdown with DeepSeek-OCR or DeepSeek-OCR-2 in an "
+               "in-process vLLM engine.")
 
 
 class ExitCode(IntEnum):
@@ -71,6 +73,9 @@ def default_engine_factory(cfg: Config) -> Callable[[], Engine]:
     check_tensor_parallel(cfg.tensor_parallel_size)
     model = cfg.model if cfg.load_format == "dummy" else resolve_model(cfg.model)   # dummy: config only
     local = dataclasses.replace(cfg, model=model)
+    checkpoint = inspect_model(model)
+    checkpoint.vllm_hf_overrides()      # refuses a checkpoint layout vLLM cannot read, before any work
+    check_tensor_parallel(cfg.tensor_parallel_size, checkpoint.attention_heads, checkpoint.family.name)
 
     def factory() -> Engine:
         from .engine import VllmEngine

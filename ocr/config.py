@@ -63,8 +63,9 @@ class Config:
     attention_backend: str | None = opt(None, "vLLM attention backend, e.g. TRITON_ATTN (default: vLLM's)")
     enforce_eager: bool = opt(False, "disable CUDA graphs")
     prompt: str | None = opt(None, "override the prompt (default: DeepSeek-OCR's own prompt for --mode)")
-    ngram_size: int = opt(30, "no-repeat n-gram guard size (0 turns it off)", type=int)
-    ngram_window: int = opt(90, "no-repeat n-gram guard window in tokens", type=int)
+    ngram_size: int | None = opt(None, "no-repeat n-gram guard size, 0 turns it off (default: the model's own: "
+                                 "30 for DeepSeek-OCR, 20 for DeepSeek-OCR-2)", type=int)
+    ngram_window: int | None = opt(None, "no-repeat n-gram guard window in tokens (default: 90)", type=int)
     trust_remote_code: bool = opt(False, "allow the checkpoint's own Python code (transformers runner)")
     # Post-processing
     greek_repair: str = opt("safe", "repair unambiguous Greek OCR slips (look-alike letters, final sigma)",

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import dataclasses
+
+from .models import PROMPTS, Checkpoint, inspect as inspect_model  # noqa: F401  (PROMPTS re-exported)
 from .records import EngineOutput, PageRequest
 
 log = logging.getLogger(__name__)
 
-PROMPTS = {  # DeepSeek-OCR's own prompt strings (config.py of its vLLM runner)
-    "grounded": "<image>\n<|grounding|>Convert the document to markdown.",
-    "clean": "<image>\nConvert the document to markdown.",
-}
 # The n-gram guard must not stop long tables from repeating their cell tags.
 TABLE_TAGS = ("<td>", "</td>", "<tr>", "</tr>", "<th>", "</th>", "<table>", "</table>")
 # A new chat turn means the page is over; the model sometimes starts one instead of stopping.
@@ -70,37 +67,36 @@ def detect_platform() -> Platform:
     return Platform(current_platform.device_type, fp8_kv=bool(cap and cap >= (8, 9)), capability=cap)
 
 
-def check_tensor_parallel(size: int) -> None:
-    if MODEL_HEADS % size:
-        divisors = [d for d in range(1, MODEL_HEADS + 1) if MODEL_HEADS % d == 0]
-        raise ValueError(f"--tensor-parallel-size {size} cannot split DeepSeek-OCR's {MODEL_HEADS} attention "
+def check_tensor_parallel(size: int, heads: int = MODEL_HEADS, model: str = "DeepSeek-OCR") -> None:
+    if heads % size:
+        divisors = [d for d in range(1, heads + 1) if heads % d == 0]
+        raise ValueError(f"--tensor-parallel-size {size} cannot split {model}'s {heads} attention "
                          f"heads; use one of {divisors}, or one worker per GPU (--num-shards)")
 
 
-def text_head_dim(model_dir: str) -> int | None:
-    """The language model's real head size (hidden / heads), from the checkpoint's config.json."""
-    try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    lm = cfg.get("language_config", cfg)
-    hidden, heads = lm.get("hidden_size"), lm.get("num_attention_heads")
-    return hidden // heads if hidden and heads else None
+def with_model_defaults(cfg: Any) -> tuple[Any, Checkpoint]:
+    """The config with the model family's defaults where the flags left them open (n-gram guard), and the
+    checkpoint it names (a local folder by now, or a known Hugging Face id)."""
+    checkpoint = inspect_model(cfg.model)
+    size, window = checkpoint.ngram(cfg.ngram_size, cfg.ngram_window)
+    return dataclasses.replace(cfg, ngram_size=size, ngram_window=window), checkpoint
 
 
 def engine_kwargs(cfg: Any, platform: Platform) -> tuple[dict[str, Any], list[str]]:
     """vLLM LLM(...) keyword arguments for this config and platform, and the choices worth logging."""
-    check_tensor_parallel(cfg.tensor_parallel_size)
-    notes = []
+    cfg, checkpoint = with_model_defaults(cfg)
+    family = checkpoint.family
+    check_tensor_parallel(cfg.tensor_parallel_size, checkpoint.attention_heads, family.name)
+    guard = f"n-gram guard {cfg.ngram_size}/{cfg.ngram_window}" if cfg.ngram_size > 0 else "no n-gram guard"
+    notes = [f"model: {family.name} ({family.vllm_architecture}), {guard}"]
     kv = cfg.kv_cache_dtype
     if kv.startswith("fp8") and not platform.fp8_kv:
         notes.append(f"kv_cache_dtype {kv} is not supported on {platform.kind}: using auto")
         kv = "auto"
-    overrides: dict[str, Any] = {"architectures": ["DeepseekOCRForCausalLM"]}
-    if head_dim := text_head_dim(cfg.model):
-        # transformers sets head_dim = qk_rope_head_dim, which is 0 for DeepSeek-OCR; vLLM 0.24 then sizes
-        # attention buffers from 0 and crashes (illegal memory access, FA3 divide trap): bench/GPU_RESULTS.md
-        overrides["text_config"] = {"head_dim": head_dim}
+    # The architecture, the config class vLLM reads, and the real head size (transformers sets head_dim =
+    # qk_rope_head_dim = 0 for these models; vLLM 0.24 then crashes on GPUs: bench/GPU_RESULTS.md).
+    overrides = checkpoint.vllm_hf_overrides()
+    head_dim = overrides.get("text_config", {}).get("head_dim")
     kw: dict[str, Any] = dict(
         model=cfg.model,
         hf_overrides=overrides,
@@ -162,6 +158,7 @@ class VllmEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")   # GiB; the default takes too much here
         from vllm import LLM
 
+        cfg, _ = with_model_defaults(cfg)
         self.platform = platform or detect_platform()
         kwargs, notes = engine_kwargs(cfg, self.platform)
         for note in notes:

@@ -69,7 +69,8 @@ def test_random_kills_then_resume_match_an_uninterrupted_run(tmp_path, reference
     assert final.wait(180) == 0, final.stderr.read()
     assert outputs(out) == expected
     assert leftovers(out) == []
-    assert load_report(out)["totals"]["pdfs_complete"] + load_report(out)["totals"].get("pdfs_skipped", 0) == 3
+    totals = load_report(out)["totals"]        # the last kill may have landed after every PDF was done
+    assert totals.get("pdfs_complete", 0) + totals.get("pdfs_skipped", 0) == 3
 
 
 def _wait_for_journal_page(out: Path, timeout: float = 60) -> None:
