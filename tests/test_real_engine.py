@@ -71,30 +71,32 @@ def _journaled_pages(out: Path) -> int:
         if journal.exists() else 0
 
 
-def _start(src: Path, out: Path, ckpt: Path) -> subprocess.Popen:
+def _start(src: Path, out: Path, ckpt: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(RUNNER), "--input-dir", str(src), "--output-dir", str(out),
-                             "--model", str(ckpt), *FAST, "--batch-pages", "1"], env=runner_env(),
+                             "--model", str(ckpt), *FAST, "--batch-pages", "1", *extra], env=runner_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def test_real_engine_kill_and_resume(tmp_path, tiny_checkpoint):
-    """SIGKILL the runner after its first page; the re-run OCRs only the page that was not finished."""
+    """SIGKILL the runner after its first page; the re-run OCRs only the page that was not finished.
+    Grounded mode here, so both modes go through the real engine."""
     src, out = tmp_path / "in", tmp_path / "out"
     make_pdf(src / "two.pdf", [ENGLISH, GREEK])
-    proc = _start(src, out, tiny_checkpoint)
+    proc = _start(src, out, tiny_checkpoint, "--mode", "grounded")
     _wait_for(lambda: _journaled_pages(out) >= 1, 900, "the first page", proc)
     proc.kill()
     proc.wait()
     assert not (out / "two.md").exists() and _journaled_pages(out) == 1
     orphans = [pid for pid, _ in json.loads((out / ".ocr-state" / "engine.pids").read_text())["engine"]]
 
-    rerun = _start(src, out, tiny_checkpoint)
+    rerun = _start(src, out, tiny_checkpoint, "--mode", "grounded")
     assert rerun.wait(1200) == 0, rerun.stderr.read()[-3000:]
     import psutil
     assert not any(psutil.pid_exists(pid) and "VLLM" in psutil.Process(pid).name() for pid in orphans)
     report = json.loads((out / "run_report.json").read_text(encoding="utf-8"))
     entry = report["pdfs"][0]
     assert (entry["status"], entry["pages"], entry["resumed_pages"]) == ("complete", 2, 1)
+    assert report["settings"]["mode"] == "grounded"
     assert "----- Page 2 -----" in (out / "two.md").read_text(encoding="utf-8")
     assert not list((out / ".ocr-state" / "journal").iterdir())
 
