@@ -73,7 +73,8 @@ class Config:
     # Failure handling
     page_timeout: float = opt(900.0, "seconds without any finished page, pages in flight, before the "
                               "engine counts as hung", type=float)
-    max_engine_restarts: int = opt(3, "engine restarts allowed per run before stopping", type=int)
+    max_engine_restarts: int = opt(10, "engine restarts allowed per run before stopping (isolating a page "
+                                   "that kills the engine in a batch of 64 takes about 7)", type=int)
     # Logging
     log_level: str = opt("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     no_progress: bool = opt(False, "no progress bar")
