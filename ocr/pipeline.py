@@ -105,11 +105,12 @@ class Pipeline:
 
     # --- run --------------------------------------------------------------------------------------
     def run(self) -> None:
-        self._feed = self._pages(self._todo())
+        todo = self._todo()
+        self._feed = self._pages(todo)
         window = max(2 * self.cfg.render_workers, min(self.cfg.batch_pages, 64))
         with Renderer(self.cfg.render_workers, window, self.cfg.dpi, self.cfg.max_render_pixels) as renderer, \
                 Progress(disabled=self.cfg.no_progress) as self.progress:
-            threading.Thread(target=self._count_pages, daemon=True).start()
+            threading.Thread(target=self._count_pages, args=(todo,), daemon=True).start()
             self._fill(renderer)                       # pages render while the engine loads
             if self._nothing_to_do(renderer):
                 return
@@ -221,12 +222,10 @@ class Pipeline:
             self._last_report = time.monotonic()
             self.report.write()
 
-    def _count_pages(self) -> None:
+    def _count_pages(self, jobs: list[PdfJob]) -> None:
         """Total pages for the progress bar's ETA, counted beside the run."""
         total = 0
-        for job in plan_jobs(self.cfg.input_dir, self.cfg.output_dir, self.cfg.num_shards, self.cfg.shard_index):
-            if self.report.pdfs.get(job.name) and self.report.pdfs[job.name].status == PdfStatus.SKIPPED:
-                continue
+        for job in jobs:
             try:
                 with open_pdf(job.path) as doc:
                     total += min(doc.page_count, self.cfg.max_pages or doc.page_count)
