@@ -249,7 +249,10 @@ def make_config(a: argparse.Namespace, input_dir: Path, output_dir: Path, max_to
     kw: dict[str, Any] = dict(input_dir=input_dir, output_dir=output_dir, model=a.model, mode=a.mode,
                               dpi=a.dpi, batch_pages=a.batch_pages, max_num_seqs=a.max_num_seqs,
                               max_tokens=max_tokens, kv_cache_dtype=a.kv_cache_dtype, max_pages=a.max_pages,
-                              overwrite=True, no_progress=True, log_level=a.log_level)
+                              overwrite=True, no_progress=True, log_level=a.log_level,
+                              # one reading per page, as in the LLM.generate run: dummy weights and
+                              # forced token counts make every page a "runaway" for the recovery passes
+                              runaway_retry="off", required_labels="")
     for name in ("gpu_memory_utilization", "render_workers", "preprocess_workers", "block_size",
                  "attention_backend", "load_format"):
         if getattr(a, name, None) is not None:
@@ -898,17 +901,16 @@ class FastEngine:
         self._in: dict[Any, Any] = {}
 
     def submit(self, request: Any) -> None:
-        self._in[request.key] = request
+        self._in[request.request_id] = request
 
     def poll(self) -> list:
-        from ocr.records import EngineOutput
-
         time.sleep(0.001)
         done = []
-        for key, request in self._in.items():
-            line = f"Page {key.page} of document {key.pdf}: the quick brown fox jumps over the lazy dog. "
-            text = f"# Page {key.page}\n\n" + "\n".join(line * 1 for _ in range(28))
-            done.append(EngineOutput(key, text, len(text) // 4, "stop", attempt=request.attempt))
+        for request in self._in.values():
+            key = request.key
+            lines = (f"Line {i} of page {key.page} of document {key.pdf}: the quick brown fox." for i in range(28))
+            text = f"# Page {key.page}\n\n" + "\n".join(lines)
+            done.append(request.answer(text, len(text) // 4, "stop"))
         self._in.clear()
         return done
 

@@ -67,6 +67,17 @@ class Config:
                                  "30 for DeepSeek-OCR, 20 for DeepSeek-OCR-2)", type=int)
     ngram_window: int | None = opt(None, "no-repeat n-gram guard window in tokens (default: 90)", type=int)
     trust_remote_code: bool = opt(False, "allow the checkpoint's own Python code (transformers runner)")
+    # Recovery passes (ocr/passes.py)
+    runaway_retry: str = opt("on", "read a page once more when its answer loops, is cut at --max-tokens or "
+                             "is empty (other sampling, or Large mode); the better answer is kept",
+                             choices=("on", "off"))
+    required_labels: str = opt("table", "grounded mode: layout labels a page should have; a page without "
+                               "them is read again in the 1280 Large mode (comma-separated, '' = off)")
+    retry_large_cap: int = opt(50, "Large-mode re-reads allowed per run and worker (most pages have no "
+                               "table, so this bounds the extra work; 0 = off)", type=int)
+    roi_pass: bool = opt(False, "grounded mode: read each table, title, paragraph and figure region again "
+                         "as a crop with the clean prompt and merge the texts back in reading order")
+    roi_max_crops: int = opt(48, "--roi-pass: regions read again per page at most", type=int)
     # Post-processing
     greek_repair: str = opt("safe", "repair unambiguous Greek OCR slips (look-alike letters, final sigma)",
                             choices=("off", "safe"))
@@ -99,7 +110,9 @@ class Config:
     def fingerprint(self) -> dict[str, Any]:
         """Settings that change a PDF's output: a finished PDF made with others is redone."""
         return {"model": self.model, "mode": self.mode, "prompt": self.prompt, "max_pages": self.max_pages,
-                "dpi": self.dpi, "max_tokens": self.max_tokens, "greek_repair": self.greek_repair}
+                "dpi": self.dpi, "max_tokens": self.max_tokens, "greek_repair": self.greek_repair,
+                "runaway_retry": self.runaway_retry, "roi_pass": self.roi_pass,
+                "required_labels": self.required_labels if self.mode == "grounded" else None}
 
 
 def _flag(name: str) -> str:
@@ -135,6 +148,10 @@ def validate(cfg: Config) -> Config:
         (cfg.preprocess_workers >= 1, "--preprocess-workers must be >= 1"),
         (cfg.max_engine_restarts >= 0, "--max-engine-restarts must be >= 0"),
         (cfg.tensor_parallel_size >= 1, "--tensor-parallel-size must be >= 1"),
+        (cfg.retry_large_cap >= 0, "--retry-large-cap must be >= 0"),
+        (cfg.roi_max_crops >= 1, "--roi-max-crops must be >= 1"),
+        (not cfg.roi_pass or cfg.mode == "grounded", "--roi-pass needs --mode grounded (it reads the "
+                                                     "layout boxes)"),
     ]
     for ok, message in checks:
         if not ok:

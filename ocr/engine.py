@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import dataclasses
 
+from . import large_mode
 from .models import PROMPTS, Checkpoint, inspect as inspect_model  # noqa: F401  (PROMPTS re-exported)
 from .records import EngineOutput, PageRequest
 
@@ -130,15 +131,19 @@ def engine_kwargs(cfg: Any, platform: Platform) -> tuple[dict[str, Any], list[st
     return kw, notes
 
 
-def sampling_params(cfg: Any, whitelist: set[int], max_tokens: int | None = None) -> Any:
+def sampling_params(cfg: Any, whitelist: set[int], max_tokens: int | None = None, retry: Any = None) -> Any:
+    """Greedy decoding with the n-gram guard; `retry` (ocr.runaway.RetrySampling) swaps in its
+    temperature, seed and guard for a runaway page's second try."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
+    size, window = (retry.ngram_size, retry.window) if retry else (cfg.ngram_size, cfg.ngram_window)
     extra = None
-    if cfg.ngram_size > 0:
-        extra = {"ngram_size": cfg.ngram_size, "window_size": cfg.ngram_window,
-                 "whitelist_token_ids": sorted(whitelist)}
-    return SamplingParams(temperature=0.0, max_tokens=max_tokens or cfg.max_tokens, skip_special_tokens=False,
+    if size > 0:
+        extra = {"ngram_size": size, "window_size": window, "whitelist_token_ids": sorted(whitelist)}
+    sampling = dict(temperature=retry.temperature, top_p=retry.top_p, seed=retry.seed) if retry else \
+        dict(temperature=0.0)
+    return SamplingParams(**sampling, max_tokens=max_tokens or cfg.max_tokens, skip_special_tokens=False,
                           stop=STOP_STRINGS, extra_args=extra, output_kind=RequestOutputKind.FINAL_ONLY)
 
 
@@ -159,6 +164,11 @@ class VllmEngine:
         from vllm import LLM
 
         cfg, _ = with_model_defaults(cfg)
+        self.cfg = cfg
+        self.ngram = (cfg.ngram_size, cfg.ngram_window)
+        self.retry_sampling = True
+        # Large-mode requests need the vision-modes plugin in every vLLM process: register it before LLM().
+        self.vision_modes = ("gundam", "large") if large_mode.enable(cfg.state_dir) else ("gundam",)
         self.platform = platform or detect_platform()
         kwargs, notes = engine_kwargs(cfg, self.platform)
         for note in notes:
@@ -172,7 +182,9 @@ class VllmEngine:
         _write_pid_file(self._pid_file, self._procs)
         self.tokenizer = self.llm.get_tokenizer()
         self.special_tokens = tuple(self.tokenizer.all_special_tokens)
-        self._params = sampling_params(cfg, table_tag_ids(self.tokenizer))
+        self._whitelist = table_tag_ids(self.tokenizer)
+        self._params = sampling_params(cfg, self._whitelist)
+        self._retry_params: dict[Any, Any] = {}
         self._tasks = self.llm.llm_engine.get_supported_tasks()
         self._requests: dict[str, PageRequest] = {}       # submitted: being prepared or in the core
         # vLLM's input processor (~0.15-0.25 s of CPU per page) runs in these threads, not serially in
@@ -199,13 +211,20 @@ class VllmEngine:
         return len(set(pairs)) == len(pairs)
 
     def submit(self, request: PageRequest) -> None:
-        rid = request.key.request_id(request.attempt)
+        rid = request.request_id
         self._requests[rid] = request
         self._preparing.append((rid, request, self._prep.submit(self._process_inputs, rid, request)))
 
+    def _params_for(self, request: PageRequest) -> Any:
+        if request.sampling is None:
+            return self._params
+        if request.sampling not in self._retry_params:
+            self._retry_params[request.sampling] = sampling_params(self.cfg, self._whitelist, retry=request.sampling)
+        return self._retry_params[request.sampling]
+
     def _process_inputs(self, rid: str, request: PageRequest) -> Any:
-        prompt = {"prompt": request.prompt, "multi_modal_data": {"image": request.image}}
-        return self.llm.llm_engine.input_processor.process_inputs(rid, prompt, self._params,
+        prompt = large_mode.engine_prompt(request.prompt, request.image, large_mode.MODES[request.vision])
+        return self.llm.llm_engine.input_processor.process_inputs(rid, prompt, self._params_for(request),
                                                                   supported_tasks=self._tasks)
 
     def _feed_core(self) -> list[EngineOutput]:
@@ -218,10 +237,9 @@ class VllmEngine:
                 prepared = future.result()
             except Exception as exc:
                 self._requests.pop(rid, None)
-                failed.append(EngineOutput(req.key, "", 0, None, attempt=req.attempt,
-                                           error=f"input processing failed: {type(exc).__name__}: {exc}"))
+                failed.append(req.answer("", 0, None, error=f"input processing failed: {type(exc).__name__}: {exc}"))
                 continue
-            self.llm.llm_engine.add_request(rid, prepared, self._params)
+            self.llm.llm_engine.add_request(rid, prepared, self._params_for(req))
             self._in_core += 1
         return failed
 
@@ -241,9 +259,8 @@ class VllmEngine:
                 continue
             self._in_core -= 1
             comp = out.outputs[0] if out.outputs else None
-            done.append(EngineOutput(key=req.key, attempt=req.attempt, text=comp.text if comp else "",
-                                     tokens=len(comp.token_ids) if comp else 0,
-                                     finish_reason=comp.finish_reason if comp else None))
+            done.append(req.answer(comp.text if comp else "", len(comp.token_ids) if comp else 0,
+                                   comp.finish_reason if comp else None))
         return done
 
     def in_flight(self) -> int:

@@ -24,15 +24,6 @@ def failed_page(page: int, reason: str, tokens: int = 0, finish_reason: str | No
                       finish_reason=finish_reason, error=reason)
 
 
-def needs_retry(out: EngineOutput) -> str | None:
-    """Why an engine output is not usable as it is (an error, or nothing at all), else None."""
-    if out.error:
-        return out.error
-    if not out.text.strip():
-        return "the model returned no text"
-    return None
-
-
 def finish_page(out: EngineOutput, *, mode: str, special_tokens: Sequence[str] = (),
                 greek_repair: str = "safe") -> PageResult:
     text, counters = postprocess.process_page(out.text, mode=mode, special_tokens=special_tokens)

@@ -314,10 +314,8 @@ class HfEngine:
             self._running = []
         if self._cancelled.is_set():           # closed meanwhile: these pages were handed back as lost
             return []
-        return [EngineOutput(key=r.key, attempt=r.attempt, text=g.text, tokens=g.tokens,
-                             finish_reason=g.finish_reason) if isinstance(g, Generated)
-                else EngineOutput(key=r.key, attempt=r.attempt, text="", tokens=0, finish_reason=None, error=g)
-                for r, g in zip(batch, results)]
+        return [r.answer(g.text, g.tokens, g.finish_reason) if isinstance(g, Generated)
+                else r.answer("", 0, None, error=g) for r, g in zip(batch, results)]
 
     def _generate(self, backend: Backend, batch: list[PageRequest]) -> list[Generated | str]:
         try:

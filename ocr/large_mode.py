@@ -43,6 +43,7 @@ COUNTERS = (
     "large_retried",               # ... and was read again in Large mode
     "large_capped",                # ... but the PDF's --retry-large-cap was used up
     "large_improved",              # the Large answer was kept (it found a missing label)
+    "large_failed",                # the Large request came back with an engine error
 )
 
 

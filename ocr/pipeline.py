@@ -11,17 +11,19 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
-from .assets import link_figures, page_image_path, save_crops, save_png
+from . import roi
+from .assets import assets_dir, link_figures, page_image_path, save_crops, save_png
 from .config import Config
 from .discover import plan_jobs
 from .engine import PROMPTS, Engine
-from .finish import assemble, blank_page, failed_page, finish_page, needs_retry
+from .finish import assemble, blank_page, failed_page, finish_page
+from .passes import Final, LargeCap, PageWork, PassSettings, settings_for
 from .progress import Progress
 from .records import EngineOutput, PageKey, PageRequest, PageResult, PageStatus, PdfJob, RenderedPage
 from .render import PdfError, Renderer, open_pdf
 from .report import PdfStatus, RunReport
 from .store import SourceId, Store, source_id, write_atomic
-from .supervise import KILLER_ERROR, Supervisor, TooManyRestarts
+from .supervise import Supervisor, TooManyRestarts
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 10.0
@@ -44,7 +46,9 @@ class Pipeline:
         self.store = Store(cfg.state_dir, cfg.fingerprint(), f"manifest{cfg.shard_suffix}.jsonl")
         self.stop_reason: str | None = None
         self._pdfs: dict[int, PdfProgress] = {}
-        self._requests: dict[PageKey, PageRequest] = {}
+        self._work: dict[PageKey, PageWork] = {}        # pages in the engine, with their passes
+        self.passes = PassSettings()
+        self._large_cap = LargeCap(cfg.retry_large_cap)
         self._feed: Iterator[tuple[PdfProgress, int]] = iter(())
         self._feed_done = False
         self._last_report = 0.0
@@ -118,6 +122,8 @@ class Pipeline:
                              on_event=self.report.event)
             self.report.engine_ready = time.time()
             self.special_tokens = tuple(getattr(sup.engine, "special_tokens", ()))
+            self.passes = settings_for(self.cfg, sup.engine)
+            self._log_passes()
             self.report.engine.update({k: round(v, 1) if isinstance(v, float) else v
                                        for k in ("load_seconds", "guard_active")
                                        if (v := getattr(sup.engine, k, None)) is not None})
@@ -161,36 +167,52 @@ class Pipeline:
             if self.cfg.save_page_images:
                 save_png(page.image, page_image_path(pdf.job.md_path, page.key.page))
             request = PageRequest(page.key, page.image, self.cfg.prompt or PROMPTS[self.cfg.mode])
+            self._work[page.key] = PageWork(request, self.passes, self._large_cap)
             self._submit(request, sup)
 
     def _submit(self, request: PageRequest, sup: Supervisor) -> None:
         try:
             sup.submit(request)
-        except Exception as exc:  # the input processor rejected this image: only this page fails
+        except Exception as exc:  # the input processor rejected this image: only this request fails
             log.warning("page %d of %s rejected by the engine: %s", request.key.page,
                         self._pdfs[request.key.pdf].job.name, exc)
-            self._record(self._pdfs[request.key.pdf], failed_page(request.key.page, f"engine error: {exc}"))
-            return
-        self._requests[request.key] = request
+            self._on_output(request.answer("", 0, None, error=f"engine error: {exc}"), sup)
 
     def _on_output(self, out: EngineOutput, sup: Supervisor) -> None:
-        request = self._requests.pop(out.key)
-        pdf = self._pdfs[out.key.pdf]
-        problem = needs_retry(out)
-        if problem and problem != KILLER_ERROR and out.attempt == 0:
-            log.info("page %d of %s: %s; trying once more", out.key.page, pdf.job.name, problem)
-            self._submit(PageRequest(request.key, request.image, request.prompt, attempt=1), sup)
+        work = self._work[out.key]
+        step = work.on_output(out)
+        if isinstance(step, Final):
+            del self._work[out.key]
+            self._record(self._pdfs[out.key.pdf], self._finish(work.request, step))
             return
-        if problem:
-            self._record(pdf, failed_page(out.key.page, problem, out.tokens, out.finish_reason))
-            return
+        if step:
+            log.info("page %d of %s: %s", out.key.page, self._pdfs[out.key.pdf].job.name, _why(step[0]))
+        for request in step:
+            self._submit(request, sup)
+
+    def _finish(self, request: PageRequest, final: Final) -> PageResult:
+        page, md_path = request.key.page, self._pdfs[request.key.pdf].job.md_path
+        if final.error:
+            return replace(failed_page(page, final.error, final.tokens, final.finish_reason),
+                           counters=final.counters)
+        out = EngineOutput(request.key, final.text, final.tokens, final.finish_reason)
         result = finish_page(out, mode=self.cfg.mode, special_tokens=self.special_tokens,
                              greek_repair=self.cfg.greek_repair)
+        result = replace(result, counters={**final.counters, **result.counters})
         if self.cfg.save_crops and self.cfg.mode == "grounded":
-            crops = save_crops(request.image, out.text, pdf.job.md_path, out.key.page)
+            crops = save_crops(request.image, final.text, md_path, page)
+            saved = sum(map(len, crops.values())) + len(roi.save_crops(final.crops, assets_dir(md_path), page))
             result = replace(result, text=link_figures(result.text, crops.get("image", [])),
-                             counters={**result.counters, "crops_saved": sum(map(len, crops.values()))})
-        self._record(pdf, result)
+                             counters={**result.counters, "crops_saved": saved})
+        return result
+
+    def _log_passes(self) -> None:
+        p, cfg = self.passes, self.cfg
+        if p.grounded and p.required_labels and cfg.retry_large_cap > 0 and not p.large:
+            log.warning("this engine cannot read pages in Large mode: the Large-mode retry for pages "
+                        "without %s is off", ",".join(p.required_labels))
+        if cfg.runaway_retry == "on" and not p.retry_sampling:
+            log.info("this engine has no per-request sampling: only empty answers are retried")
 
     # --- results ----------------------------------------------------------------------------------
     def _record(self, pdf: PdfProgress, result: PageResult) -> None:
@@ -232,3 +254,12 @@ class Pipeline:
             except (PdfError, OSError):
                 continue
         self.progress.set_total(total)
+
+
+def _why(request: PageRequest) -> str:
+    from .passes import ATTEMPT_AGAIN, ATTEMPT_LARGE, ATTEMPT_ROI, ATTEMPT_RUNAWAY
+    return {ATTEMPT_AGAIN: "engine error; trying once more",
+            ATTEMPT_RUNAWAY: f"runaway answer; retrying ({request.vision} mode, "
+                             f"{'sampled' if request.sampling else 'greedy'})",
+            ATTEMPT_LARGE: "required layout labels missing; reading it again in Large mode",
+            ATTEMPT_ROI: "ROI pass: reading its regions again"}.get(request.attempt, "retrying")

@@ -26,8 +26,8 @@ class PageKey:
     pdf: int
     page: int           # 1-based page number
 
-    def request_id(self, attempt: int) -> str:
-        return f"{self.pdf}:{self.page}:{attempt}"
+    def request_id(self, attempt: int, part: int = 0) -> str:
+        return f"{self.pdf}:{self.page}:{attempt}" + (f":{part}" if part else "")
 
 
 class PageStatus(str, Enum):
@@ -48,10 +48,23 @@ class RenderedPage:
 
 @dataclass(frozen=True)
 class PageRequest:
+    """One thing to read: a page image, or a crop of it (part > 0), with how to read it."""
     key: PageKey
     image: Any
     prompt: str
-    attempt: int = 0
+    attempt: int = 0    # which pass asked for it (ocr.passes.ATTEMPT_*)
+    vision: str = "gundam"      # DeepSeek-OCR resolution mode, a name in ocr.large_mode.MODES
+    sampling: Any = None        # ocr.runaway.RetrySampling for a retry; None: the run's greedy settings
+    part: int = 0               # 0: the whole page; n: its n-th ROI crop
+
+    @property
+    def request_id(self) -> str:
+        return self.key.request_id(self.attempt, self.part)
+
+    def answer(self, text: str, tokens: int, finish_reason: str | None,
+               error: str | None = None) -> "EngineOutput":
+        return EngineOutput(self.key, text, tokens, finish_reason, error=error, attempt=self.attempt,
+                            part=self.part)
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,11 @@ class EngineOutput:
     finish_reason: str | None   # "stop", "length", ... as vLLM reports it
     error: str | None = None
     attempt: int = 0
+    part: int = 0
+
+    @property
+    def request_id(self) -> str:
+        return self.key.request_id(self.attempt, self.part)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from . import large_mode, roi, runaway
 from .records import PageResult, PageStatus
 from .store import write_atomic
 
@@ -92,7 +93,7 @@ class RunReport:
                 "tokens_per_s": round(sum(e.tokens for e in done) / elapsed, 1) if elapsed else 0.0,
                 # the steady rate, engine start-up excluded: what to compare with the raw engine
                 "pages_per_s_after_load": round(pages / since_ready, 3) if since_ready else 0.0,
-                "counters": dict(sorted(counters.items())), "greek": greek}
+                "counters": dict(sorted(counters.items())), "passes": passes(counters), "greek": greek}
 
     def problems(self) -> list[PdfEntry]:
         bad = (PdfStatus.FAILED, PdfStatus.PARTIAL, PdfStatus.UNFINISHED)
@@ -112,12 +113,29 @@ class RunReport:
                                                     if k.startswith("pdfs_")),
                  f"{t['pages']} pages ({t['blank_pages']} blank, {t['failed_pages']} failed) in "
                  f"{t['seconds']} s: {t['pages_per_s']} pages/s, {t['tokens_per_s']} tokens/s"]
-        if t["counters"]:
-            lines.append("clean-up: " + ", ".join(f"{k}={v}" for k, v in t["counters"].items()))
+        in_passes = {k for keys in PASS_COUNTERS.values() for k in keys}
+        cleanup = {k: v for k, v in t["counters"].items() if k not in in_passes}
+        if cleanup:
+            lines.append("clean-up: " + ", ".join(f"{k}={v}" for k, v in cleanup.items()))
+        for name, counts in t["passes"].items():
+            lines.append(f"{name} pass: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         for e in self.problems():
             why = e.error or (f"pages {e.failed_pages} failed" if e.failed_pages else "not finished")
             lines.append(f"  {e.status.value}: {e.pdf}: {why}")
         return lines
+
+
+PASS_COUNTERS = {"runaway": runaway.COUNTERS, "large": large_mode.COUNTERS, "roi": roi.COUNTERS}
+
+
+def passes(counters: Counter) -> dict[str, dict[str, int]]:
+    """The recovery passes' counters (ocr/passes.py) by pass: {"runaway": {"pages": 3, "retried": 3, ...}}."""
+    out: dict[str, dict[str, int]] = {}
+    for name, keys in PASS_COUNTERS.items():
+        counts = {key.split("_", 1)[1]: counters[key] for key in sorted(keys) if counters.get(key)}
+        if counts:
+            out[name] = counts
+    return out
 
 
 def _sum_greek(pages) -> dict[str, Any]:

@@ -34,7 +34,7 @@ class Supervisor:
         self.restarts = 0
         self.seconds_lost = 0.0
         self.isolated: list[PageKey] = []
-        self._kills: Counter[PageKey] = Counter()
+        self._kills: Counter[str] = Counter()             # deaths alone, per request id
         self._groups: deque[list[PageRequest]] = deque()
         self._group: list[PageRequest] | None = None     # the suspect group running now, if any
         self._last_progress = time.monotonic()
@@ -128,13 +128,13 @@ class Supervisor:
             self._groups.extendleft(g for g in (lost[half:], lost[:half]) if g)
             return []
         request = lost[0]
-        self._kills[request.key] += 1
-        if self._kills[request.key] < 2:
+        self._kills[request.request_id] += 1
+        if self._kills[request.request_id] < 2:
             self._groups.appendleft(lost)
             return []
         self.isolated.append(request.key)
         log.error("page %d of PDF #%d kills the engine: giving up on it", request.key.page, request.key.pdf)
-        return [EngineOutput(request.key, "", 0, None, error=KILLER_ERROR, attempt=request.attempt)]
+        return [request.answer("", 0, None, error=KILLER_ERROR)]
 
     def _close_engine(self) -> None:
         try:

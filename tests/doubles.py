@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Callable
 
-from ocr.records import EngineOutput, PageKey, PageRequest
+from ocr.records import EngineOutput, PageRequest
 
 SPECIAL_TOKENS = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>",
                   "<|grounding|>", "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>")
@@ -25,24 +25,28 @@ class ScriptedEngine:
     def __init__(self, script: Callable[[PageRequest], str | tuple[str, str | None]] = page_text,
                  kills: set[tuple[int, int]] = frozenset(), hangs: set[tuple[int, int]] = frozenset(),
                  per_poll: int = 4, log: list | None = None, step_s: float = 0.0,
-                 silent_kills: set[tuple[int, int]] = frozenset()):
+                 silent_kills: set[tuple[int, int]] = frozenset(),
+                 vision_modes: tuple[str, ...] = ("gundam", "large"), retry_sampling: bool = True):
         self.script, self.kills, self.hangs, self.per_poll = script, kills, hangs, per_poll
         self.step_s = step_s                           # seconds an engine step takes, as on a GPU
         self.silent_kills = silent_kills               # the process dies and poll blocks (vLLM 0.32's sync client)
         self.dead = False
+        self.vision_modes, self.retry_sampling = vision_modes, retry_sampling   # what VllmEngine offers
         self.log = log if log is not None else []    # every (pdf, page, attempt) submitted, across engines
-        self._in: dict[PageKey, PageRequest] = {}
+        self._in: dict[str, PageRequest] = {}
+        self.requests: list[PageRequest] = []          # every request submitted to this engine
         self.closed = False
         self._released = threading.Event()
 
     def submit(self, request: PageRequest) -> None:
         self.log.append((request.key.pdf, request.key.page, request.attempt))
-        self._in[request.key] = request
+        self.requests.append(request)
+        self._in[request.request_id] = request
 
     def poll(self) -> list[EngineOutput]:
         time.sleep(self.step_s)
-        keys = {(k.pdf, k.page) for k in self._in}
-        due = {(k.pdf, k.page) for k in list(self._in)[: self.per_poll]}   # the pages this step finishes
+        keys = {(r.key.pdf, r.key.page) for r in self._in.values()}
+        due = {(r.key.pdf, r.key.page) for r in list(self._in.values())[: self.per_poll]}   # what this step finishes
         if due & self.silent_kills:
             self.dead = True
             self._released.wait(3600)
@@ -56,11 +60,11 @@ class ScriptedEngine:
             self._released.wait(3600)          # like a stuck GPU: returns only when the engine is torn down
             return []
         done = []
-        for key in list(self._in)[: self.per_poll]:
-            req = self._in.pop(key)
+        for rid in list(self._in)[: self.per_poll]:
+            req = self._in.pop(rid)
             result = self.script(req)
             text, finish = result if isinstance(result, tuple) else (result, "stop")
-            done.append(EngineOutput(key, text, len(text.split()), finish, attempt=req.attempt))
+            done.append(req.answer(text, len(text.split()), finish))
         return done
 
     def in_flight(self) -> int:

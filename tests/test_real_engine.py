@@ -52,6 +52,9 @@ def test_real_engine_ocrs_a_folder(tmp_path, tiny_checkpoint):
     assert report["totals"]["tokens"] > 0
     assert report["engine"]["load_seconds"] > 0
     assert "CPU platform" in proc.stderr
+    # Random weights run to --max-tokens: such pages get one sampled retry through the real engine.
+    runaway = report["totals"]["passes"].get("runaway", {})
+    assert runaway.get("retried", 0) == runaway.get("pages", 0)
 
 
 def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
@@ -79,17 +82,19 @@ def _start(src: Path, out: Path, ckpt: Path, *extra: str) -> subprocess.Popen:
 
 def test_real_engine_kill_and_resume(tmp_path, tiny_checkpoint):
     """SIGKILL the runner after its first page; the re-run OCRs only the page that was not finished.
-    Grounded mode here, so both modes go through the real engine."""
+    Grounded mode here, so both modes go through the real engine, and so does the Large-mode retry:
+    the tiny model's pages have no table block, so each is read again at 1280 in the same engine."""
     src, out = tmp_path / "in", tmp_path / "out"
     make_pdf(src / "two.pdf", [ENGLISH, GREEK])
-    proc = _start(src, out, tiny_checkpoint, "--mode", "grounded")
+    grounded = ("--mode", "grounded", "--runaway-retry", "off")
+    proc = _start(src, out, tiny_checkpoint, *grounded)
     _wait_for(lambda: _journaled_pages(out) >= 1, 900, "the first page", proc)
     proc.kill()
     proc.wait()
     assert not (out / "two.md").exists() and _journaled_pages(out) == 1
     orphans = [pid for pid, _ in json.loads((out / ".ocr-state" / "engine.pids").read_text())["engine"]]
 
-    rerun = _start(src, out, tiny_checkpoint, "--mode", "grounded")
+    rerun = _start(src, out, tiny_checkpoint, *grounded)
     assert rerun.wait(1200) == 0, rerun.stderr.read()[-3000:]
     import psutil
     assert not any(psutil.pid_exists(pid) and "VLLM" in psutil.Process(pid).name() for pid in orphans)
@@ -99,6 +104,8 @@ def test_real_engine_kill_and_resume(tmp_path, tiny_checkpoint):
     assert report["settings"]["mode"] == "grounded"
     assert "----- Page 2 -----" in (out / "two.md").read_text(encoding="utf-8")
     assert not list((out / ".ocr-state" / "journal").iterdir())
+    # Large mode: page 1's retry is in the journal from the killed run, page 2's ran in the re-run.
+    assert report["totals"]["passes"]["large"] == {"retried": 2, "wanted": 2}
 
 
 def test_real_engine_core_killed_mid_run_is_restarted(tmp_path, tiny_checkpoint):
@@ -107,7 +114,7 @@ def test_real_engine_core_killed_mid_run_is_restarted(tmp_path, tiny_checkpoint)
 
     src, out = tmp_path / "in", tmp_path / "out"
     make_pdf(src / "pages.pdf", [ENGLISH, None, GREEK])
-    proc = _start(src, out, tiny_checkpoint)
+    proc = _start(src, out, tiny_checkpoint, "--runaway-retry", "off")
     log_dir = out / "logs"
     _wait_for(lambda: log_dir.exists() and any("engine: ready" in p.read_text(encoding="utf-8")
                                                for p in log_dir.glob("*.log")), 900, "the engine", proc)

@@ -1,0 +1,193 @@
+"""Second chances for a page, in order: one retry of a runaway answer (ocr.runaway), a Large-mode re-read of a
+grounded page that lacks required labels (ocr.large_mode), and the ROI re-read of its regions (ocr.roi).
+
+A PageWork follows one page through them: each engine answer goes to `on_output`, which returns either the
+next requests to send or the page's Final. No engine, file or report access here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import large_mode, roi, runaway
+from .records import EngineOutput, PageRequest
+
+ATTEMPT_FIRST = 0       # the page as configured
+ATTEMPT_AGAIN = 1       # the same request once more after an engine error
+ATTEMPT_RUNAWAY = 2     # the runaway retry: other sampling, or Large mode for an empty answer
+ATTEMPT_LARGE = 3       # the Large-mode re-read of a grounded page without its required labels
+ATTEMPT_ROI = 4         # the crops of the ROI pass (part 1..n)
+NO_TEXT = "the model returned no text"
+
+
+@dataclass(frozen=True)
+class PassSettings:
+    mode: str = "clean"
+    max_tokens: int = 6144
+    ngram_size: int = 30
+    ngram_window: int = 90
+    runaway_retry: bool = True
+    retry_sampling: bool = True           # the engine honours RetrySampling (vLLM does, transformers not)
+    required_labels: tuple[str, ...] = large_mode.DEFAULT_REQUIRED
+    large: bool = False                   # the engine reads Large-mode requests (ocr.vllm_plugin)
+    roi_pass: bool = False
+    roi_max_crops: int = roi.MAX_CROPS
+
+    @property
+    def grounded(self) -> bool:
+        return self.mode == "grounded"
+
+
+class LargeCap:
+    """At most `cap` Large-mode re-reads in this run (per worker); 0 turns the pass off."""
+
+    def __init__(self, cap: int):
+        self.cap, self.used = max(0, cap), 0
+
+    def take(self) -> bool:
+        if self.used >= self.cap:
+            return False
+        self.used += 1
+        return True
+
+
+@dataclass(frozen=True)
+class Final:
+    """How a page's passes ended: the raw text to finish, or the reason it failed."""
+    text: str
+    tokens: int
+    finish_reason: str | None
+    counters: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    crops: tuple[roi.Crop, ...] = ()      # the ROI crops that were read again (for --save-crops)
+
+
+class PageWork:
+    """One page on its way through the passes."""
+
+    def __init__(self, request: PageRequest, settings: PassSettings, cap: LargeCap):
+        self.request, self.settings, self.cap = request, settings, cap
+        self.tokens = 0
+        self.counters: Counter = Counter()
+        self.first_verdict: runaway.Runaway | None = None
+        self.first: runaway.Attempt | None = None
+        self.kept: runaway.Attempt | None = None
+        self.crops: list[roi.Crop] = []
+        self.answers: dict[int, str | None] = {}
+
+    def on_output(self, out: EngineOutput) -> list[PageRequest] | Final:
+        self.tokens += out.tokens
+        if out.attempt in (ATTEMPT_FIRST, ATTEMPT_AGAIN):
+            return self._on_first(out)
+        if out.attempt == ATTEMPT_RUNAWAY:
+            return self._on_runaway_retry(out)
+        if out.attempt == ATTEMPT_LARGE:
+            return self._on_large(out)
+        return self._on_crop(out)
+
+    # --- runaway ------------------------------------------------------------------------------------
+    def _on_first(self, out: EngineOutput) -> list[PageRequest] | Final:
+        from .supervise import KILLER_ERROR
+
+        if out.error:
+            if out.attempt == ATTEMPT_FIRST and out.error != KILLER_ERROR:
+                return [replace(self.request, attempt=ATTEMPT_AGAIN)]
+            return self._fail(out.error, out.finish_reason)
+        s = self.settings
+        self.first = runaway.Attempt(out.text, out.finish_reason, out.tokens)
+        self.first_verdict = runaway.verdict(out.text, out.finish_reason, s.max_tokens)
+        if self.first_verdict and s.runaway_retry and (s.retry_sampling or self.first_verdict.reason == "empty"):
+            v = self.first_verdict
+            sampling = runaway.retry_sampling(v, ngram_size=s.ngram_size, ngram_window=s.ngram_window)
+            return [replace(self.request, attempt=ATTEMPT_RUNAWAY, vision=runaway.retry_vision(v, large_available=s.large),
+                            sampling=sampling if sampling.temperature > 0 else None)]
+        return self._read(self.first, retried=False)
+
+    def _on_runaway_retry(self, out: EngineOutput) -> list[PageRequest] | Final:
+        assert self.first is not None
+        kept = self.first
+        if not out.error:
+            kept = runaway.better(self.first, runaway.Attempt(out.text, out.finish_reason, out.tokens))
+        return self._read(kept, retried=True)
+
+    def _read(self, kept: runaway.Attempt, retried: bool) -> list[PageRequest] | Final:
+        """The page's answer is settled: count the runaway outcome, then the grounded passes."""
+        final_verdict = self.first_verdict and runaway.verdict(kept.text, kept.finish_reason, self.settings.max_tokens)
+        self.counters.update(runaway.counters(self.first_verdict, retried, kept is not self.first, final_verdict))
+        self.kept = kept
+        if runaway.is_empty(kept.text):
+            return self._fail(NO_TEXT, kept.finish_reason)
+        return self._large()
+
+    # --- Large mode ---------------------------------------------------------------------------------
+    def _large(self) -> list[PageRequest] | Final:
+        s = self.settings
+        assert self.kept is not None
+        if not (s.grounded and s.required_labels and s.large and self.cap.cap > 0
+                and large_mode.missing_labels(self.kept.text, s.required_labels)):
+            return self._roi()
+        retried = self.cap.take()
+        self.counters.update(large_mode.counters(True, retried, False))
+        if not retried:
+            return self._roi()
+        return [replace(self.request, attempt=ATTEMPT_LARGE, vision=large_mode.LARGE.name, sampling=None)]
+
+    def _on_large(self, out: EngineOutput) -> list[PageRequest] | Final:
+        assert self.kept is not None
+        s = self.settings
+        if out.error:
+            self.counters["large_failed"] += 1
+        elif large_mode.keep_large(self.kept.text, out.text, s.required_labels,
+                                                   large_finish_reason=out.finish_reason, max_tokens=s.max_tokens):
+            self.kept = runaway.Attempt(out.text, out.finish_reason, out.tokens)
+            self.counters["large_improved"] += 1
+        return self._roi()
+
+    # --- ROI ----------------------------------------------------------------------------------------
+    def _roi(self) -> list[PageRequest] | Final:
+        assert self.kept is not None
+        s = self.settings
+        if not (s.grounded and s.roi_pass):
+            return self._done()
+        self.crops = roi.plan_crops(self.kept.text, self.request.image, max_crops=s.roi_max_crops)
+        reread = [c for c in self.crops if c.reread]
+        if not reread:
+            self.counters.update(roi.counters([(c, None) for c in self.crops]))
+            return self._done()
+        return [PageRequest(self.request.key, c.image, c.prompt or roi.MARKDOWN, attempt=ATTEMPT_ROI, part=c.order + 1)
+                for c in reread]
+
+    def _on_crop(self, out: EngineOutput) -> list[PageRequest] | Final:
+        self.answers[out.part - 1] = None if out.error else out.text
+        if len(self.answers) < sum(c.reread for c in self.crops):
+            return []
+        pairs = [(c, self.answers.get(c.order)) for c in self.crops]
+        self.counters.update(roi.counters(pairs))
+        assert self.kept is not None
+        return Final(roi.merge(pairs), self.tokens, self.kept.finish_reason, self._counts(),
+                     crops=tuple(c for c in self.crops if c.reread))
+
+    # --- ends ---------------------------------------------------------------------------------------
+    def _done(self) -> Final:
+        assert self.kept is not None
+        return Final(self.kept.text, self.tokens, self.kept.finish_reason, self._counts())
+
+    def _fail(self, reason: str, finish_reason: str | None) -> Final:
+        return Final("", self.tokens, finish_reason, self._counts(), error=reason)
+
+    def _counts(self) -> dict[str, int]:
+        return {k: v for k, v in sorted(self.counters.items()) if v}
+
+
+def settings_for(cfg: Any, engine: Any) -> PassSettings:
+    """The passes this run can do with this engine (its vision modes and sampling support)."""
+    modes = tuple(getattr(engine, "vision_modes", ("gundam",)))
+    size, window = getattr(engine, "ngram", (cfg.ngram_size or 0, cfg.ngram_window or 0))
+    return PassSettings(mode=cfg.mode, max_tokens=cfg.max_tokens, ngram_size=size or 0, ngram_window=window or 0,
+                        runaway_retry=cfg.runaway_retry == "on",
+                        retry_sampling=bool(getattr(engine, "retry_sampling", False)),
+                        required_labels=large_mode.parse_required(cfg.required_labels),
+                        large=large_mode.LARGE.name in modes,
+                        roi_pass=cfg.roi_pass, roi_max_crops=cfg.roi_max_crops)
