@@ -253,7 +253,7 @@ def make_config(a: argparse.Namespace, input_dir: Path, output_dir: Path, max_to
                               # one reading per page, as in the LLM.generate run: dummy weights and
                               # forced token counts make every page a "runaway" for the recovery passes
                               runaway_retry="off", required_labels="")
-    for name in ("gpu_memory_utilization", "render_workers", "preprocess_workers", "block_size",
+    for name in ("gpu_memory_utilization", "render_workers", "preprocess_workers", "queue_ahead", "block_size",
                  "attention_backend", "load_format"):
         if getattr(a, name, None) is not None:
             kw[name] = getattr(a, name)
@@ -1101,6 +1101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--kv-cache-dtype", default="fp8", help="runner's --kv-cache-dtype (auto on CPU)")
     ap.add_argument("--batch-pages", type=int, default=64, help="runner's --batch-pages")
     ap.add_argument("--max-num-seqs", type=int, default=None, help="runner's --max-num-seqs")
+    ap.add_argument("--queue-ahead", type=int, default=None, help="runner's --queue-ahead")
     ap.add_argument("--dpi", type=int, default=144, help="runner's --dpi")
     ap.add_argument("--max-pages", type=int, default=None, help="first K pages of each PDF")
     ap.add_argument("--mode", choices=("clean", "grounded"), default="clean")

@@ -49,6 +49,9 @@ class Config:
                            choices=("auto", "dummy"))
     batch_pages: int = opt(64, "pages in flight in the engine at once (continuous batching)", type=int)
     max_num_seqs: int | None = opt(None, "vLLM max_num_seqs (default: --batch-pages)", type=int)
+    queue_ahead: int | None = opt(None, "pages prepared and waiting in the engine beyond --batch-pages, so "
+                                  "a finished page's place is taken at the next step (default: a quarter "
+                                  "of --batch-pages, at least 16)", type=int)
     max_tokens: int = opt(6144, "output tokens per page at most (prompt + output <= 8192)", type=int)
     gpu_memory_utilization: float = opt(0.9, "share of GPU memory vLLM may use", type=float)
     kv_cache_dtype: str = opt("fp8", "KV cache dtype; falls back to auto where FP8 is not supported",
@@ -93,6 +96,12 @@ class Config:
     @property
     def seqs(self) -> int:
         return self.max_num_seqs or self.batch_pages
+
+    @property
+    def pages_in_flight(self) -> int:
+        """Pages the runner keeps in the engine: decoding (max_num_seqs) plus prepared and waiting."""
+        ahead = self.queue_ahead if self.queue_ahead is not None else max(16, self.seqs // 4)
+        return self.seqs + ahead
 
     @property
     def shard_suffix(self) -> str:
@@ -141,6 +150,7 @@ def validate(cfg: Config) -> Config:
         (0 <= cfg.shard_index < cfg.num_shards, "--shard-index must be in [0, --num-shards)"),
         (cfg.max_pages is None or cfg.max_pages >= 1, "--max-pages must be >= 1"),
         (cfg.batch_pages >= 1, "--batch-pages must be >= 1"),
+        (cfg.queue_ahead is None or cfg.queue_ahead >= 0, "--queue-ahead must be >= 0"),
         (cfg.dpi >= 36, "--dpi must be >= 36"),
         (cfg.max_tokens >= 1, "--max-tokens must be >= 1"),
         (0.05 <= cfg.gpu_memory_utilization <= 1.0, "--gpu-memory-utilization must be in [0.05, 1]"),

@@ -143,7 +143,7 @@ class Pipeline:
     def _loop(self, renderer: Renderer, sup: Supervisor) -> None:
         while not self.stop_reason:
             self._fill(renderer)
-            while sup.accepting() and sup.in_flight() < self.cfg.batch_pages and not self.stop_reason:
+            while sup.accepting() and sup.in_flight() < self.cfg.pages_in_flight and not self.stop_reason:
                 page = renderer.next(block=sup.in_flight() == 0)
                 if page is None:
                     break
