@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import Config
+from .report import counter_lines, passes
 from .store import write_atomic
 
 SUMMED = ("pdfs", "pages", "blank_pages", "failed_pages", "tokens")
@@ -61,7 +62,7 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
     sums: Counter = Counter()
     counters: Counter = Counter()
     greek: list[dict[str, Any]] = []
-    seconds = 0.0
+    seconds, after_load = 0.0, 0.0
     for s in shards:
         if s.report is None:
             continue
@@ -70,6 +71,7 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
         counters.update(t.get("counters", {}))
         greek += [t["greek"]] if isinstance(t.get("greek"), dict) else []
         seconds = max(seconds, float(t.get("seconds", 0.0)))
+        after_load += float(t.get("pages_per_s_after_load") or 0.0)
     seconds = wall_seconds if wall_seconds is not None else seconds
     totals: dict[str, Any] = {"pdfs": sums["pdfs"]}
     totals.update({k: v for k, v in sorted(sums.items()) if k.startswith("pdfs_")})
@@ -77,7 +79,9 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
     totals.update(seconds=round(seconds, 1),
                   pages_per_s=round(sums["pages"] / seconds, 3) if seconds else 0.0,
                   tokens_per_s=round(sums["tokens"] / seconds, 1) if seconds else 0.0,
-                  counters=dict(sorted(counters.items())))
+                  # workers run side by side: their steady rates (engine start-up excluded) add up
+                  pages_per_s_after_load=round(after_load, 3),
+                  counters=dict(sorted(counters.items())), passes=passes(counters))
     if greek:
         totals["greek"] = merged_greek(greek)
     return totals
@@ -140,8 +144,7 @@ def summary_lines(merged: dict[str, Any]) -> list[str]:
              f"{t['pages']} pages ({t['blank_pages']} blank, {t['failed_pages']} failed) in {t['seconds']} s: "
              f"{t['pages_per_s']} pages/s in total, {t['tokens_per_s']} tokens/s"]
     lines += [worker_line(w) for w in merged["workers"]]
-    if t["counters"]:
-        lines.append("clean-up: " + ", ".join(f"{k}={v}" for k, v in t["counters"].items()))
+    lines += counter_lines(t["counters"])
     for p in merged["pdfs"]:
         if p["status"] in PROBLEM_STATUSES:
             why = p.get("error") or (f"pages {p['failed_pages']} failed" if p.get("failed_pages")

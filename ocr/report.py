@@ -113,12 +113,7 @@ class RunReport:
                                                     if k.startswith("pdfs_")),
                  f"{t['pages']} pages ({t['blank_pages']} blank, {t['failed_pages']} failed) in "
                  f"{t['seconds']} s: {t['pages_per_s']} pages/s, {t['tokens_per_s']} tokens/s"]
-        in_passes = {k for keys in PASS_COUNTERS.values() for k in keys}
-        cleanup = {k: v for k, v in t["counters"].items() if k not in in_passes}
-        if cleanup:
-            lines.append("clean-up: " + ", ".join(f"{k}={v}" for k, v in cleanup.items()))
-        for name, counts in t["passes"].items():
-            lines.append(f"{name} pass: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        lines += counter_lines(t["counters"])
         for e in self.problems():
             why = e.error or (f"pages {e.failed_pages} failed" if e.failed_pages else "not finished")
             lines.append(f"  {e.status.value}: {e.pdf}: {why}")
@@ -136,6 +131,16 @@ def passes(counters: Counter) -> dict[str, dict[str, int]]:
         if counts:
             out[name] = counts
     return out
+
+
+def counter_lines(counters: dict[str, int]) -> list[str]:
+    """The summary's clean-up line and one line per recovery pass."""
+    in_passes = {k for keys in PASS_COUNTERS.values() for k in keys}
+    cleanup = {k: v for k, v in counters.items() if k not in in_passes}
+    lines = ["clean-up: " + ", ".join(f"{k}={v}" for k, v in cleanup.items())] if cleanup else []
+    for name, counts in passes(Counter(counters)).items():
+        lines.append(f"{name} pass: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return lines
 
 
 def _sum_greek(pages) -> dict[str, Any]:

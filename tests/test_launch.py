@@ -58,7 +58,7 @@ pages = sum(e["pages"] - len(e["failed_pages"]) for e in done)
 totals = {"pdfs": len(pdfs), "pages": pages, "blank_pages": sum(e["blank_pages"] for e in done),
           "failed_pages": sum(len(e["failed_pages"]) for e in done), "tokens": 100 * len(done),
           "seconds": 2.0, "pages_per_s": pages / 2.0, "tokens_per_s": 50.0 * len(done),
-          "counters": {"fixed": len(pdfs)}, "greek": {"greek_letters": 30 * i, "latin_letters": 10,
+          "pages_per_s_after_load": 1.5, "counters": {"fixed": len(pdfs), "runaway_retried": 1}, "greek": {"greek_letters": 30 * i, "latin_letters": 10,
                                                       "other_letters": 0, "greek_share": 0.0}}
 for s in statuses:
     totals[f"pdfs_{s}"] = totals.get(f"pdfs_{s}", 0) + 1
@@ -116,7 +116,9 @@ def test_one_worker_per_gpu_with_shard_flags_logs_and_merged_report(fake, capsys
     t = merged["totals"]
     assert (t["pdfs"], t["pdfs_complete"], t["pdfs_partial"], t["pdfs_failed"], t["pdfs_skipped"]) == \
         (6, 3, 1, 1, 1)
-    assert t["pages"] == 3 * 3 + 2 + 3 and t["counters"] == {"fixed": 6}
+    assert t["pages"] == 3 * 3 + 2 + 3 and t["counters"] == {"fixed": 6, "runaway_retried": 4}
+    assert t["passes"] == {"runaway": {"retried": 4}}
+    assert t["pages_per_s_after_load"] == 6.0           # four workers side by side at 1.5 each
     assert t["greek"] == {"greek_letters": 180, "latin_letters": 40, "other_letters": 0, "greek_share": 0.818,
                           "latin_share": 0.182, "other_share": 0.0}
     assert t["pages"] / (t["seconds"] + 0.05) <= t["pages_per_s"] <= t["pages"] / (t["seconds"] - 0.05)  # rounding
@@ -128,6 +130,7 @@ def test_one_worker_per_gpu_with_shard_flags_logs_and_merged_report(fake, capsys
     assert "4 workers, 6 PDFs: 3 complete, 1 failed, 1 partial, 1 skipped" in printed
     assert "worker 1 (GPU 1): 1 PDFs, 2 pages in 2.0 s, 1.0 pages/s, exit 1" in printed
     assert "partial: s1/doc0.pdf: pages [2] failed (worker 1)" in printed
+    assert "clean-up: fixed=6" in printed and "runaway pass: retried=4" in printed
     assert "pages/s in total" in printed
 
 
