@@ -963,7 +963,11 @@ def memory_mode(a: argparse.Namespace) -> dict[str, Any]:
         for n in sizes:
             folder = base / f"mem-{a.corpus_kind}-{n}p-b{a.blank_every}"
             start = time.perf_counter()
-            corpus.generate(folder, 1, n, blank_every=a.blank_every, kind=a.corpus_kind)
+            # In its own process: Linux carries a parent's peak RSS into a child's ru_maxrss through
+            # fork + exec, so building a 1,000-page PDF here would show up as the runner's peak.
+            subprocess.run([sys.executable, str(Path(corpus.__file__).resolve()), str(folder), f"1x{n}",
+                            "--blank-every", str(a.blank_every), "--kind", a.corpus_kind],
+                           check=True, capture_output=True, timeout=a.child_timeout)
             gen_s = time.perf_counter() - start
             cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", "--pdfs", str(folder),
                    "--dpi", str(a.dpi), "--batch-pages", str(a.batch_pages)]

@@ -47,7 +47,8 @@ class Config:
     model: str = opt(DEFAULT_MODEL, "Hugging Face id or local checkpoint directory")
     load_format: str = opt("auto", "vLLM load_format; 'dummy' = random weights, for throughput tests only",
                            choices=("auto", "dummy"))
-    batch_pages: int = opt(64, "pages in flight in the engine at once (continuous batching)", type=int)
+    batch_pages: int = opt(128, "pages decoding in the engine at once (continuous batching; vLLM max_num_seqs)",
+                           type=int)
     max_num_seqs: int | None = opt(None, "vLLM max_num_seqs (default: --batch-pages)", type=int)
     queue_ahead: int | None = opt(None, "pages prepared and waiting in the engine beyond --batch-pages, so "
                                   "a finished page's place is taken at the next step (default: a quarter "
@@ -87,8 +88,9 @@ class Config:
     # Failure handling
     page_timeout: float = opt(900.0, "seconds without any finished page, pages in flight, before the "
                               "engine counts as hung", type=float)
-    max_engine_restarts: int = opt(10, "engine restarts allowed per run before stopping (isolating a page "
-                                   "that kills the engine in a batch of 64 takes about 7)", type=int)
+    max_engine_restarts: int = opt(12, "engine restarts allowed per run before stopping (isolating a page "
+                                   "that kills the engine among the default 160 pages in flight takes up "
+                                   "to 10)", type=int)
     # Logging
     log_level: str = opt("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     no_progress: bool = opt(False, "no progress bar")

@@ -163,12 +163,14 @@ class VllmEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")   # GiB; the default takes too much here
         from vllm import LLM
 
-        cfg, _ = with_model_defaults(cfg)
+        cfg, checkpoint = with_model_defaults(cfg)
         self.cfg = cfg
         self.ngram = (cfg.ngram_size, cfg.ngram_window)
         self.retry_sampling = True
         # Large-mode requests need the vision-modes plugin in every vLLM process: register it before LLM().
-        self.vision_modes = ("gundam", "large") if large_mode.enable(cfg.state_dir) else ("gundam",)
+        # It patches DeepSeek-OCR's own vLLM classes; DeepSeek-OCR-2's processor is another one.
+        large = checkpoint.family.vllm_architecture == "DeepseekOCRForCausalLM" and large_mode.enable(cfg.state_dir)
+        self.vision_modes = ("gundam", "large") if large else ("gundam",)
         self.platform = platform or detect_platform()
         kwargs, notes = engine_kwargs(cfg, self.platform)
         for note in notes:

@@ -27,7 +27,7 @@ def corpus(src, n_pdfs=2, pages=8):
 
 
 def args(src, out, *extra):
-    return ["--input-dir", str(src), "--output-dir", str(out), "--batch-pages", "8", *extra]
+    return ["--input-dir", str(src), "--output-dir", str(out), "--batch-pages", "8", "--queue-ahead", "0", *extra]
 
 
 def test_killer_page_is_isolated_and_the_rest_is_untouched(tmp_path, inline_render):
@@ -60,6 +60,18 @@ def test_killer_page_is_isolated_and_the_rest_is_untouched(tmp_path, inline_rend
     assert report["engine"]["pages_isolated"] == 1
     assert sum(e["event"] == "engine_restart" for e in report["events"]) == restarts
     assert faulty.log.count((0, 7, 0)) >= 3     # in the first batch, then alone twice
+
+
+def test_default_restart_cap_isolates_a_killer_among_all_default_pages_in_flight(tmp_path, inline_render):
+    """The worst case at the defaults: the first page kills, so every halving runs the killer's half."""
+    src = tmp_path / "in"
+    make_pdf(src / "big.pdf", [f"p{i}" for i in range(170)], size=(200, 200))
+    faulty = Factory(per_poll=200, kills={(0, 1)})
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(tmp_path / "out")], engine_factory=faulty) == 1
+    report = load_report(tmp_path / "out")
+    assert report["events"][0]["pages_in_flight"] == 160          # --batch-pages 128 + --queue-ahead 32
+    assert report["interrupted"] is None and report["engine"]["pages_isolated"] == 1
+    assert pdf_entry(report, "big.pdf")["failed_pages"] == [1]
 
 
 def test_no_finished_page_is_redone_after_a_death(tmp_path, inline_render):
