@@ -122,8 +122,15 @@ class Config:
         """Settings that change a PDF's output: a finished PDF made with others is redone."""
         return {"model": self.model, "mode": self.mode, "prompt": self.prompt, "max_pages": self.max_pages,
                 "dpi": self.dpi, "max_tokens": self.max_tokens, "greek_repair": self.greek_repair,
-                "runaway_retry": self.runaway_retry, "roi_pass": self.roi_pass,
-                "required_labels": self.required_labels if self.mode == "grounded" else None}
+                **self._grounded_passes()}
+
+    def _grounded_passes(self) -> dict[str, Any]:
+        """The grounded-only passes change a page's layout blocks: a PDF made without them is redone.
+        (The runaway retry is left out: it changes only runaway pages, not worth a corpus re-run.)"""
+        if self.mode != "grounded":
+            return {}
+        labels = [s.strip().lower() for s in self.required_labels.split(",") if s.strip()]
+        return {"roi_pass": self.roi_pass, "required_labels": sorted(set(labels))}
 
 
 def _flag(name: str) -> str:

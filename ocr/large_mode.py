@@ -26,7 +26,6 @@ Two details of the Large view, both in `engine_prompt`:
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -41,7 +40,7 @@ PAD_COLOR = (127, 127, 127)        # DeepSeek-OCR's image mean 0.5, as the proce
 COUNTERS = (
     "large_wanted",                # a grounded page lacked a required label
     "large_retried",               # ... and was read again in Large mode
-    "large_capped",                # ... but the PDF's --retry-large-cap was used up
+    "large_capped",                # ... but the run's --retry-large-cap was used up
     "large_improved",              # the Large answer was kept (it found a missing label)
     "large_failed",                # the Large request came back with an engine error
 )
@@ -141,20 +140,6 @@ def keep_large(first_text: str, large_text: str, required: Iterable[str], *,
     if verdict(large_text, large_finish_reason, max_tokens) is not None:
         return False
     return len(missing_labels(large_text, required)) < len(missing_labels(first_text, required))
-
-
-class RetryCap:
-    """At most `cap` Large retries per PDF, in the order pages finish; cap 0 turns the pass off."""
-
-    def __init__(self, cap: int):
-        self.cap = max(0, cap)
-        self.used: Counter = Counter()
-
-    def take(self, pdf: Any) -> bool:
-        if self.used[pdf] >= self.cap:
-            return False
-        self.used[pdf] += 1
-        return True
 
 
 def counters(wanted: bool, retried: bool, kept_large: bool) -> dict[str, int]:

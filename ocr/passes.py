@@ -74,6 +74,8 @@ class PageWork:
         self.first_verdict: runaway.Runaway | None = None
         self.first: runaway.Attempt | None = None
         self.kept: runaway.Attempt | None = None
+        self.retry_vision = request.vision
+        self.kept_vision = request.vision     # the vision mode of the answer kept so far
         self.crops: list[roi.Crop] = []
         self.answers: dict[int, str | None] = {}
 
@@ -97,19 +99,32 @@ class PageWork:
             return self._fail(out.error, out.finish_reason)
         s = self.settings
         self.first = runaway.Attempt(out.text, out.finish_reason, out.tokens)
-        self.first_verdict = runaway.verdict(out.text, out.finish_reason, s.max_tokens)
-        if self.first_verdict and s.runaway_retry and (s.retry_sampling or self.first_verdict.reason == "empty"):
-            v = self.first_verdict
-            sampling = runaway.retry_sampling(v, ngram_size=s.ngram_size, ngram_window=s.ngram_window)
-            return [replace(self.request, attempt=ATTEMPT_RUNAWAY, vision=runaway.retry_vision(v, large_available=s.large),
-                            sampling=sampling if sampling.temperature > 0 else None)]
+        self.first_verdict = v = runaway.verdict(out.text, out.finish_reason, s.max_tokens)
+        if v and s.runaway_retry:
+            retry = self._runaway_request(v)
+            if retry is not None:
+                return [retry]
         return self._read(self.first, retried=False)
+
+    def _runaway_request(self, v: runaway.Runaway) -> PageRequest | None:
+        """The retry of a runaway answer, or None when the engine could only repeat the first reading."""
+        s = self.settings
+        vision = runaway.retry_vision(v, large_available=s.large)
+        sampling = runaway.retry_sampling(v, ngram_size=s.ngram_size, ngram_window=s.ngram_window,
+                                          large_available=s.large)
+        sampling = sampling if sampling.temperature > 0 and s.retry_sampling else None
+        if vision == self.request.vision and sampling is None:
+            return None
+        self.retry_vision = vision
+        return replace(self.request, attempt=ATTEMPT_RUNAWAY, vision=vision, sampling=sampling)
 
     def _on_runaway_retry(self, out: EngineOutput) -> list[PageRequest] | Final:
         assert self.first is not None
         kept = self.first
         if not out.error:
             kept = runaway.better(self.first, runaway.Attempt(out.text, out.finish_reason, out.tokens))
+            if kept is not self.first:
+                self.kept_vision = self.retry_vision
         return self._read(kept, retried=True)
 
     def _read(self, kept: runaway.Attempt, retried: bool) -> list[PageRequest] | Final:
@@ -117,7 +132,7 @@ class PageWork:
         final_verdict = self.first_verdict and runaway.verdict(kept.text, kept.finish_reason, self.settings.max_tokens)
         self.counters.update(runaway.counters(self.first_verdict, retried, kept is not self.first, final_verdict))
         self.kept = kept
-        if runaway.is_empty(kept.text):
+        if not kept.text.strip():
             return self._fail(NO_TEXT, kept.finish_reason)
         return self._large()
 
@@ -126,6 +141,7 @@ class PageWork:
         s = self.settings
         assert self.kept is not None
         if not (s.grounded and s.required_labels and s.large and self.cap.cap > 0
+                and self.kept_vision != large_mode.LARGE.name          # read in Large mode already
                 and large_mode.missing_labels(self.kept.text, s.required_labels)):
             return self._roi()
         retried = self.cap.take()
@@ -142,6 +158,7 @@ class PageWork:
         elif large_mode.keep_large(self.kept.text, out.text, s.required_labels,
                                                    large_finish_reason=out.finish_reason, max_tokens=s.max_tokens):
             self.kept = runaway.Attempt(out.text, out.finish_reason, out.tokens)
+            self.kept_vision = large_mode.LARGE.name
             self.counters["large_improved"] += 1
         return self._roi()
 
@@ -160,7 +177,8 @@ class PageWork:
                 for c in reread]
 
     def _on_crop(self, out: EngineOutput) -> list[PageRequest] | Final:
-        self.answers[out.part - 1] = None if out.error else out.text
+        # an error, or an answer cut at --max-tokens, leaves the region's original text
+        self.answers[out.part - 1] = None if out.error or out.finish_reason == "length" else out.text
         if len(self.answers) < sum(c.reread for c in self.crops):
             return []
         pairs = [(c, self.answers.get(c.order)) for c in self.crops]

@@ -212,7 +212,8 @@ class Pipeline:
             log.warning("this engine cannot read pages in Large mode: the Large-mode retry for pages "
                         "without %s is off", ",".join(p.required_labels))
         if cfg.runaway_retry == "on" and not p.retry_sampling:
-            log.info("this engine has no per-request sampling: only empty answers are retried")
+            log.info("this engine has no per-request sampling%s: runaway pages are counted, not retried",
+                     "" if not p.large else " (empty answers are read again in Large mode)")
 
     # --- results ----------------------------------------------------------------------------------
     def _record(self, pdf: PdfProgress, result: PageResult) -> None:

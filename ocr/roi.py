@@ -21,7 +21,8 @@ Decisions:
   heading marker (`## `) when the Free OCR answer has none.
 - Reading order: a region spanning more than 55% of the page width ends a band; inside a band, regions
   fall into columns where their horizontal extents do not overlap (gutters); bands top to bottom, columns
-  left to right, regions top to bottom (then left to right). Text before the first block stays first.
+  left to right, regions top to bottom (then left to right). Text before the first block stays first;
+  other box-less regions stay after the region they followed, as their text alone.
 """
 
 from __future__ import annotations
@@ -122,8 +123,7 @@ def plan_crops(grounded_text: str, image: Image.Image, *, labels: Iterable[str] 
     wanted = set(labels)
     regions = parse_regions(grounded_text)
     boxed = [i for i, r in enumerate(regions) if r.boxes]
-    lead = [i for i, r in enumerate(regions) if not r.boxes]      # text before the first block, bare refs
-    ordered = lead + [boxed[j] for j in reading_order([_union(regions[i].boxes) for i in boxed])]
+    ordered = _with_followers(regions, [boxed[j] for j in reading_order([_union(regions[i].boxes) for i in boxed])])
     width, height = image.size
     crops, taken = [], 0
     for order, i in enumerate(ordered):
@@ -143,6 +143,19 @@ def plan_crops(grounded_text: str, image: Image.Image, *, labels: Iterable[str] 
             crops.append(Crop(region.label, box, image.crop(box), order, region,
                               prompt=PROMPTS.get(region.label, MARKDOWN)))
     return crops
+
+
+def _with_followers(regions: Sequence[Region], boxed_order: list[int]) -> list[int]:
+    """Box-less regions (text before the first block, a ref without boxes, a block cut off at the end)
+    stay right after the region they followed in the model's answer."""
+    followers: dict[int | None, list[int]] = {}
+    previous = None
+    for i, region in enumerate(regions):
+        if region.boxes:
+            previous = i
+        else:
+            followers.setdefault(previous, []).append(i)
+    return followers.get(None, []) + [k for i in boxed_order for k in (i, *followers.get(i, []))]
 
 
 def _with_margin(box: Box, width: int, height: int) -> Box:
@@ -175,7 +188,7 @@ def merge(crops_with_texts: Iterable[tuple[Crop, str | None]]) -> str:
     for crop, answer in sorted(crops_with_texts, key=lambda pair: pair[0].order):
         text, _ = choose(crop, answer)
         region = crop.region
-        if not region.boxes and not region.label:
+        if not region.boxes:          # no box to keep: its text alone (a cut-off block has none)
             parts.append(text)
             continue
         block = f"<|ref|>{region.label}<|/ref|><|det|>{format_boxes(region.boxes)}<|/det|>"

@@ -178,11 +178,12 @@ def better(a: Attempt, b: Attempt) -> Attempt:
 
 
 def retry_sampling(runaway: Runaway, *, ngram_size: int, ngram_window: int,
-                   temperature: float = RETRY_TEMPERATURE) -> RetrySampling:
+                   temperature: float = RETRY_TEMPERATURE, large_available: bool = True) -> RetrySampling:
     """Sampling for the one retry: mild temperature and a tighter guard for loops and cut-off output;
-    greedy with the configured guard for an empty answer (that retry changes the vision mode instead).
+    greedy with the configured guard for an empty answer when Large mode can read it instead (without
+    Large mode an empty answer is sampled like a loop: greedy would repeat it).
     A guard turned off (ngram_size 0) stays off."""
-    if runaway.reason == "empty":
+    if runaway.reason == "empty" and large_available:
         return RetrySampling(temperature=0.0, ngram_size=ngram_size, window=ngram_window, seed=None)
     size = max(MIN_RETRY_NGRAM, ngram_size * 2 // 3) if ngram_size > 0 else 0
     return RetrySampling(temperature=temperature, ngram_size=size, window=max(ngram_window, size))

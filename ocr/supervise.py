@@ -34,7 +34,8 @@ class Supervisor:
         self.restarts = 0
         self.seconds_lost = 0.0
         self.isolated: list[PageKey] = []
-        self._kills: Counter[str] = Counter()             # deaths alone, per request id
+        self._kills: Counter[PageKey] = Counter()         # deaths alone, per page (any of its requests)
+        self._refused: list[EngineOutput] = []            # answers for requests of isolated pages
         self._groups: deque[list[PageRequest]] = deque()
         self._group: list[PageRequest] | None = None     # the suspect group running now, if any
         self._last_progress = time.monotonic()
@@ -47,6 +48,9 @@ class Supervisor:
         return not self._groups and self._group is None
 
     def submit(self, request: PageRequest) -> None:
+        if request.key in self.isolated:      # a later pass of a page that kills the engine: not sent
+            self._refused.append(request.answer("", 0, None, error=KILLER_ERROR))
+            return
         if self.engine.in_flight() == 0:
             self._last_progress = time.monotonic()
         if self._dead:
@@ -59,9 +63,13 @@ class Supervisor:
             self._orphans.append(request)
 
     def in_flight(self) -> int:
-        return self.engine.in_flight() + len(self._orphans) + sum(len(g) for g in self._groups)
+        return (self.engine.in_flight() + len(self._orphans) + len(self._refused)
+                + sum(len(g) for g in self._groups))
 
     def poll(self) -> list[EngineOutput]:
+        if self._refused:
+            refused, self._refused = self._refused, []
+            return refused
         if self._group is None and self._groups and not self._dead:
             self._start_group(self._groups.popleft())
         if self._dead:
@@ -128,8 +136,8 @@ class Supervisor:
             self._groups.extendleft(g for g in (lost[half:], lost[:half]) if g)
             return []
         request = lost[0]
-        self._kills[request.request_id] += 1
-        if self._kills[request.request_id] < 2:
+        self._kills[request.key] += 1
+        if self._kills[request.key] < 2:
             self._groups.appendleft(lost)
             return []
         self.isolated.append(request.key)

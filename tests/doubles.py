@@ -26,12 +26,14 @@ class ScriptedEngine:
                  kills: set[tuple[int, int]] = frozenset(), hangs: set[tuple[int, int]] = frozenset(),
                  per_poll: int = 4, log: list | None = None, step_s: float = 0.0,
                  silent_kills: set[tuple[int, int]] = frozenset(),
-                 vision_modes: tuple[str, ...] = ("gundam", "large"), retry_sampling: bool = True):
+                 vision_modes: tuple[str, ...] = ("gundam", "large"), retry_sampling: bool = True,
+                 kill_if: Callable[[PageRequest], bool] | None = None):
         self.script, self.kills, self.hangs, self.per_poll = script, kills, hangs, per_poll
         self.step_s = step_s                           # seconds an engine step takes, as on a GPU
         self.silent_kills = silent_kills               # the process dies and poll blocks (vLLM 0.32's sync client)
         self.dead = False
         self.vision_modes, self.retry_sampling = vision_modes, retry_sampling   # what VllmEngine offers
+        self.kill_if = kill_if                         # requests that kill the engine (e.g. a pass's crops)
         self.log = log if log is not None else []    # every (pdf, page, attempt) submitted, across engines
         self._in: dict[str, PageRequest] = {}
         self.requests: list[PageRequest] = []          # every request submitted to this engine
@@ -51,7 +53,8 @@ class ScriptedEngine:
             self.dead = True
             self._released.wait(3600)
             return []
-        if due & self.kills:
+        killing = self.kill_if is not None and any(self.kill_if(r) for r in list(self._in.values())[: self.per_poll])
+        if due & self.kills or killing:
             # the same exception type vLLM raises when its engine core dies (imported late: vLLM is slow
             # to import, and subprocess drivers that never kill should start fast)
             from vllm.v1.engine.exceptions import EngineDeadError

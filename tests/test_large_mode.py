@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import ROOT
 from ocr import large_mode, vllm_plugin
-from ocr.large_mode import (GUNDAM, LARGE, RetryCap, counters, engine_prompt, expected_large_tokens,
+from ocr.large_mode import (GUNDAM, LARGE, counters, engine_prompt, expected_large_tokens,
                             keep_large, missing_labels, parse_required, prepare_image)
 
 RAW = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "raw_outputs"
@@ -69,13 +69,6 @@ def test_a_runaway_large_answer_is_never_kept():
     looping = TABLE_PAGE + "\n".join(["the same row of text again"] * 30)
     assert not keep_large(TEXT_PAGE, looping, ["table"])
     assert not keep_large(TEXT_PAGE, TABLE_PAGE, ["table"], large_finish_reason="length", max_tokens=6144)
-
-
-def test_cap_per_pdf():
-    cap = RetryCap(2)
-    assert [cap.take(0), cap.take(0), cap.take(0), cap.take(1)] == [True, True, False, True]
-    off = RetryCap(0)
-    assert not off.take(0)
 
 
 def test_counters():

@@ -3,6 +3,8 @@ a cut-off answer, an empty answer, a grounded page without its table, and the RO
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from PIL import Image
 
@@ -78,15 +80,25 @@ def test_runaway_retry_off_keeps_the_first_answer_and_counts_it(tmp_path):
     assert report["totals"]["passes"]["runaway"] == {"pages": 1, "repeated_lines": 1, "unresolved": 1}
 
 
-def test_an_engine_without_sampling_or_large_mode_retries_only_empty_answers(tmp_path):
+def test_an_engine_without_sampling_or_large_mode_does_not_repeat_a_reading(tmp_path):
+    """The transformers engine: a second greedy reading of the same image would give the same answer."""
     script = {1: LOOP, 2: ""}
     engine = ScriptedEngine(script=lambda r: script.get(r.key.page, GOOD), vision_modes=("gundam",),
                             retry_sampling=False)
     code, report, _ = cli(tmp_path, engine, pages=[ENGLISH, GREEK])
     assert code == 1                                        # page 2 stays empty: a failed page
-    sent = [(r.key.page, r.attempt, r.vision) for r in engine.requests]
-    assert sorted(sent) == [(1, 0, "gundam"), (2, 0, "gundam"), (2, ATTEMPT_RUNAWAY, "gundam")]
+    assert sorted((r.key.page, r.attempt) for r in engine.requests) == [(1, 0), (2, 0)]
     assert pdf_entry(report, "a.pdf")["failed_pages"] == [2]
+    assert report["totals"]["passes"]["runaway"] == {"empty": 1, "pages": 2, "repeated_lines": 1, "unresolved": 2}
+
+
+def test_without_large_mode_an_empty_answer_is_retried_with_sampling(tmp_path):
+    """DeepSeek-OCR-2 in vLLM: per-request sampling, no Large mode."""
+    engine = ScriptedEngine(script=lambda r: GOOD if r.sampling else "", vision_modes=("gundam",))
+    code, report, md = cli(tmp_path, engine)
+    assert code == 0 and "Άρθρο 1" in md
+    retry = [r for r in engine.requests if r.attempt == ATTEMPT_RUNAWAY]
+    assert len(retry) == 1 and retry[0].vision == "gundam" and retry[0].sampling.temperature > 0
 
 
 # --- Large-mode retry -----------------------------------------------------------------------------------
@@ -105,6 +117,14 @@ def test_a_large_answer_that_finds_nothing_more_is_not_kept(tmp_path):
     code, report, md = cli(tmp_path, engine, "--mode", "grounded")
     assert code == 0 and "A paragraph" in md and "Something else" not in md
     assert report["totals"]["passes"]["large"] == {"retried": 1, "wanted": 1}
+
+
+def test_a_page_already_read_in_large_mode_is_not_read_in_large_mode_again(tmp_path):
+    engine = ScriptedEngine(script=lambda r: "" if r.vision == "gundam" else PARAGRAPH)
+    code, report, md = cli(tmp_path, engine, "--mode", "grounded")
+    assert code == 0 and "A paragraph" in md
+    assert [(r.attempt, r.vision) for r in engine.requests] == [(ATTEMPT_FIRST, "gundam"), (ATTEMPT_RUNAWAY, "large")]
+    assert "large" not in report["totals"]["passes"]
 
 
 def test_pages_with_their_labels_are_not_retried(tmp_path):
@@ -186,6 +206,45 @@ def test_roi_answers_that_fail_keep_the_original_region_text(tmp_path):
     code, report, md = cli(tmp_path, ScriptedEngine(script=script), "--mode", "grounded", "--roi-pass")
     assert code == 0 and "left column, read first" in md and "<td>42</td>" in md
     assert report["totals"]["passes"]["roi"] == {"crops": 4, "kept_original": 4, "pages": 1}
+
+
+def test_roi_answers_with_errors_or_cut_at_max_tokens_keep_the_original(tmp_path, inline_render):
+    def script(request):
+        if request.attempt != ATTEMPT_ROI:
+            return ROI_PAGE
+        return ("half a sentence", "length") if request.prompt == FREE_OCR else ("", None)
+    engine = ScriptedEngine(script=script)
+    real_poll = engine.poll
+
+    def poll():          # the table crop comes back as an engine error (input processing failed)
+        return [o if o.part == 0 or o.text or o.finish_reason else
+                replace(o, error="input processing failed") for o in real_poll()]
+    engine.poll = poll
+    code, report, md = cli(tmp_path, engine, "--mode", "grounded", "--roi-pass")
+    assert code == 0 and "half a sentence" not in md
+    assert "left column, read first" in md and "<td>42</td>" in md
+    assert report["totals"]["passes"]["roi"] == {"crops": 4, "kept_original": 4, "pages": 1}
+
+
+def test_crops_that_kill_the_engine_end_with_the_page_isolated_once(tmp_path, inline_render):
+    """Every crop of the page kills the engine: after two deaths alone the page's other requests are not
+    sent, the page keeps its first answer, and the run goes on well within --max-engine-restarts."""
+    engine_log: list = []
+    built = []
+
+    def factory():
+        built.append(1)
+        return ScriptedEngine(script=_roi_script, log=engine_log, kill_if=lambda r: r.attempt == ATTEMPT_ROI)
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "a.pdf", [ENGLISH, GREEK])
+    code = run_cli(["--input-dir", str(src), "--output-dir", str(out), "--mode", "grounded", "--roi-pass"],
+                   engine_factory=factory)
+    report = load_report(out)
+    assert code == 0 and report["interrupted"] is None
+    assert report["engine"]["pages_isolated"] == 2                # both pages, once each
+    assert report["engine"]["restarts"] <= 2 * 5
+    md = (out / "a.md").read_text(encoding="utf-8")
+    assert "left column, read first" in md and "----- Page 2 -----" in md
 
 
 def test_roi_pass_needs_grounded_mode(tmp_path):

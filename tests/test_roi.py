@@ -109,6 +109,19 @@ def test_text_before_the_first_block_stays_first():
     assert crops[0].region.text == "Lead line." and crops[0].box is None and not crops[0].reread
 
 
+def test_boxless_regions_stay_where_they_were_as_plain_text():
+    """A block cut off at --max-tokens (no complete box) stays last and writes no empty layout block;
+    the page keeps what the post-processing of the original would keep."""
+    cut = PAGE + "\n\n" + block("text", (50, 980, 400, 990)) + "\nTail line.\n\n<|ref|>text<|/ref|><|det|>[[100, 320, 9"
+    crops = plan_crops(cut, image())
+    assert crops[-1].box is None and not crops[-1].reread
+    assert crops[-2].region.text == "Tail line."
+    merged = merge([(c, "new text" if c.reread else None) for c in crops])
+    assert "<|det|>[]" not in merged and "<|ref|><|/ref|>" not in merged
+    finished, _ = postprocess.grounded_output(merged)
+    assert "<|det|>[]" not in finished and finished.rstrip().endswith("new text")
+
+
 def test_labels_are_configurable():
     crops = plan_crops(PAGE, image(), labels=("table",))
     assert [c.label for c in crops if c.reread] == ["table"]
