@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput benchmark: the raw vLLM engine against the full runner, in one run and one engine load.
 
-    python bench/bench.py --model DIR (--pdfs DIR | --generate 8x32) [--force-tokens 256] [--json OUT.json]
+    python bench/bench.py --model DIR (--pdfs DIR | --generate 8x32) [--force-tokens 256|128-1024] [--json OUT.json]
     python bench/bench.py --memory-scaling [--sizes 10,100,1000]
 
 Engine mode, in this order, all in this process:
@@ -10,7 +10,7 @@ Engine mode, in this order, all in this process:
               blank-checked with ocr.blank.is_mostly_blank (blank pages are left out, as the runner
               leaves them out); vLLM's DeepseekOCRProcessor timed on a sample of pages
   3. load     one ocr.engine.VllmEngine from the runner's Config (--load-format dummy for a weightless
-              full-size checkpoint; --force-tokens N: max_tokens=N and ignore_eos in every run)
+              full-size checkpoint; --force-tokens N: max_tokens=N and ignore_eos in every run; LO-HI: per page)
   4. engine   the raw engine: all non-blank page images in ONE LLM.generate call with the runner's own
               sampling params (LLM.generate processes every input serially before its first step)
      core     (--engine-runs) the same pages with their inputs processed beforehand in threads, then
@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
@@ -593,12 +594,12 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
     try:
         monitor.set_phase("render")
         input_dir, res["corpus"] = prepare_corpus(a, work)
-        cfg, unknown = make_config(a, input_dir, work / "out", a.force_tokens or a.max_tokens)
+        cfg, unknown = make_config(a, input_dir, work / "out", a.force_tokens[1] or a.max_tokens)
         from ocr.engine import PROMPTS
         prompt = cfg.prompt or PROMPTS[cfg.mode]
         res["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()
                            if k != "output_dir"}
-        res["settings"].update(force_tokens=a.force_tokens, warmup_pages=a.warmup, engine_runs=a.engine_runs,
+        res["settings"].update(force_tokens="-".join(map(str, sorted(set(a.force_tokens)))), warmup_pages=a.warmup, engine_runs=a.engine_runs,
                                load_format=getattr(cfg, "load_format", a.load_format))
 
         start = time.perf_counter()
@@ -625,12 +626,13 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
         fix = head_dim_fix(model_dir) if a.fix_head_dim != "off" else None
         if fix:
             extra["hf_overrides"] = {"text_config": {"head_dim": fix}}
-        install_engine_overrides(extra, ignore_eos=bool(a.force_tokens))
+        install_engine_overrides(extra, ignore_eos=bool(a.force_tokens[1]))
         monitor.set_phase("load")
         from ocr.engine import VllmEngine
         ecfg = dataclasses.replace(cfg, model=model_dir)
         start = time.perf_counter()
         engine = VllmEngine(ecfg)
+        spread_runner_lengths(engine, a.force_tokens)
         res["engine_load_s"] = round(time.perf_counter() - start, 1)
         res["settings"]["bench_llm_overrides"] = getattr(install_engine_overrides, "applied", {})
         res["guard_active"] = engine.guard_active
@@ -643,6 +645,7 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
         say(f"engine loaded in {res['engine_load_s']} s; {res['engine_config']}; sampling {res['sampling_params']}")
         _dump_partial(a, res)
         llm = engine.llm
+        page_params = per_page_params(params, a.force_tokens, [(job.index, page_no) for job, page_no, _ in pages])
 
         if a.warmup:
             monitor.set_phase("warmup")
@@ -660,7 +663,7 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
             monitor.set_phase("engine")
             say(f"engine: LLM.generate over {len(pages)} pages ...")
             start = time.perf_counter()
-            outs = llm.generate(_prompts(prompt, pages), params, use_tqdm=False)
+            outs = llm.generate(_prompts(prompt, pages), page_params, use_tqdm=False)
             res["engine"] = _output_figures(outs, time.perf_counter() - start)
             comps = [o.outputs[0] for o in outs]
             proc = timers.stages.get("input_processing")
@@ -682,7 +685,7 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
             _reset_encoder_cache(llm)
             monitor.set_phase("engine_core")
             say(f"engine core: {len(pages)} pre-processed pages ...")
-            res["engine_core"], core_comps = run_engine_core(llm, prompt, pages, params,
+            res["engine_core"], core_comps = run_engine_core(llm, prompt, pages, page_params,
                                                              getattr(cfg, "preprocess_workers", 4), timers)
             comps = comps or core_comps
             say(f"engine core: {res['engine_core']}")
@@ -762,11 +765,12 @@ def run_engine_core(llm: Any, prompt: str, pages: list, params: Any, workers: in
 
     eng = llm.llm_engine
     tasks = eng.get_supported_tasks()
+    params = params if isinstance(params, list) else [params] * len(pages)
 
     def process(i: int) -> Any:
         item = {"prompt": prompt, "multi_modal_data": {"image": pages[i][2]}}
         with timers.timed("core.input_processing (threads)"):
-            return eng.input_processor.process_inputs(f"bench-core-{i}", item, params, supported_tasks=tasks)
+            return eng.input_processor.process_inputs(f"bench-core-{i}", item, params[i], supported_tasks=tasks)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="bench-input") as pool:
@@ -774,7 +778,7 @@ def run_engine_core(llm: Any, prompt: str, pages: list, params: Any, workers: in
     prep_s = time.perf_counter() - start
     start = time.perf_counter()
     for i, request in enumerate(prepared):
-        eng.add_request(f"bench-core-{i}", request, params)
+        eng.add_request(f"bench-core-{i}", request, params[i])
     add_s = time.perf_counter() - start
     finished: dict[str, Any] = {}
     while eng.has_unfinished_requests():
@@ -1086,6 +1090,47 @@ def print_memory_summary(res: dict[str, Any]) -> None:
     print("=" * 78, flush=True)
 
 
+def parse_force_tokens(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    try:
+        low, high = int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO-HI, got {text!r}") from None
+    if not 0 <= low <= high:
+        raise argparse.ArgumentTypeError(f"expected 0 <= LO <= HI, got {text!r}")
+    return low, high
+
+
+def forced_length(spread: tuple[int, int], pdf_index: int, page_no: int) -> int:
+    """A page's forced output length: the same page gets the same length in every run of the bench."""
+    low, high = spread
+    return low + zlib.crc32(f"{pdf_index}:{page_no}".encode()) % (high - low + 1)
+
+
+def per_page_params(params: Any, spread: tuple[int, int], keys: list[tuple[int, int]]) -> Any:
+    """One SamplingParams for every page, or each page its own max_tokens where lengths are spread."""
+    if spread[0] == spread[1]:
+        return params
+    out = []
+    for pdf_index, page_no in keys:
+        one = params.clone()
+        one.max_tokens = forced_length(spread, pdf_index, page_no)
+        out.append(one)
+    return out
+
+
+def spread_runner_lengths(engine: Any, spread: tuple[int, int]) -> None:
+    """The runner's requests get the same per-page lengths as the engine runs (by PageKey)."""
+    if spread[0] == spread[1]:
+        return
+    base = engine._params_for
+
+    def params_for(request: Any) -> Any:
+        return per_page_params(base(request), spread, [(request.key.pdf, request.key.page)])[0]
+
+    engine._params_for = params_for
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group()
@@ -1110,8 +1155,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-pages", type=int, default=None, help="first K pages of each PDF")
     ap.add_argument("--mode", choices=("clean", "grounded"), default="clean")
     ap.add_argument("--max-tokens", type=int, default=6144, help="runner's --max-tokens (without --force-tokens)")
-    ap.add_argument("--force-tokens", type=int, default=0, metavar="N",
-                    help="every page decodes exactly N tokens (ignore_eos, max_tokens=N), in both runs")
+    ap.add_argument("--force-tokens", type=parse_force_tokens, default=(0, 0), metavar="N|LO-HI",
+                    help="every page decodes exactly N tokens (ignore_eos, max_tokens=N), in both runs; "
+                         "LO-HI: each page its own length between LO and HI, fixed by its PDF and page number, "
+                         "so pages finish one by one as real pages do")
     ap.add_argument("--gpu-memory-utilization", type=float, default=None)
     ap.add_argument("--render-workers", type=int, default=None)
     ap.add_argument("--preprocess-workers", type=int, default=None, help="runner's --preprocess-workers")

@@ -52,7 +52,7 @@ class Config:
     max_num_seqs: int | None = opt(None, "vLLM max_num_seqs (default: --batch-pages)", type=int)
     queue_ahead: int | None = opt(None, "pages prepared and waiting in the engine beyond --batch-pages, so "
                                   "a finished page's place is taken at the next step (default: a quarter "
-                                  "of --batch-pages, at least 16)", type=int)
+                                  "of --batch-pages, at least 16 but no more than --batch-pages)", type=int)
     max_tokens: int = opt(6144, "output tokens per page at most (prompt + output <= 8192)", type=int)
     gpu_memory_utilization: float = opt(0.9, "share of GPU memory vLLM may use", type=float)
     kv_cache_dtype: str = opt("fp8", "KV cache dtype; falls back to auto where FP8 is not supported",
@@ -102,7 +102,7 @@ class Config:
     @property
     def pages_in_flight(self) -> int:
         """Pages the runner keeps in the engine: decoding (max_num_seqs) plus prepared and waiting."""
-        ahead = self.queue_ahead if self.queue_ahead is not None else max(16, self.seqs // 4)
+        ahead = self.queue_ahead if self.queue_ahead is not None else min(self.seqs, max(16, self.seqs // 4))
         return self.seqs + ahead
 
     @property
@@ -129,8 +129,8 @@ class Config:
         (The runaway retry is left out: it changes only runaway pages, not worth a corpus re-run.)"""
         if self.mode != "grounded":
             return {}
-        labels = [s.strip().lower() for s in self.required_labels.split(",") if s.strip()]
-        return {"roi_pass": self.roi_pass, "required_labels": sorted(set(labels))}
+        from .large_mode import parse_required
+        return {"roi_pass": self.roi_pass, "required_labels": sorted(parse_required(self.required_labels))}
 
 
 def _flag(name: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import dataclasses
 
 from . import large_mode
-from .models import PROMPTS, Checkpoint, inspect as inspect_model  # noqa: F401  (PROMPTS re-exported)
+from .models import DEEPSEEK_OCR, PROMPTS, Checkpoint, inspect as inspect_model  # noqa: F401  (PROMPTS re-exported)
 from .records import EngineOutput, PageRequest
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class VllmEngine:
         self.retry_sampling = True
         # Large-mode requests need the vision-modes plugin in every vLLM process: register it before LLM().
         # It patches DeepSeek-OCR's own vLLM classes; DeepSeek-OCR-2's processor is another one.
-        large = checkpoint.family.vllm_architecture == "DeepseekOCRForCausalLM" and large_mode.enable(cfg.state_dir)
+        large = checkpoint.family is DEEPSEEK_OCR and large_mode.enable(cfg.state_dir)
         self.vision_modes = ("gundam", "large") if large else ("gundam",)
         self.platform = platform or detect_platform()
         kwargs, notes = engine_kwargs(cfg, self.platform)

@@ -156,7 +156,7 @@ class PageWork:
         if out.error:
             self.counters["large_failed"] += 1
         elif large_mode.keep_large(self.kept.text, out.text, s.required_labels,
-                                                   large_finish_reason=out.finish_reason, max_tokens=s.max_tokens):
+                                   large_finish_reason=out.finish_reason, max_tokens=s.max_tokens):
             self.kept = runaway.Attempt(out.text, out.finish_reason, out.tokens)
             self.kept_vision = large_mode.LARGE.name
             self.counters["large_improved"] += 1

@@ -17,7 +17,8 @@ from .config import Config
 from .discover import plan_jobs
 from .engine import PROMPTS, Engine
 from .finish import assemble, blank_page, failed_page, finish_page
-from .passes import Final, LargeCap, PageWork, PassSettings, settings_for
+from .passes import (ATTEMPT_AGAIN, ATTEMPT_LARGE, ATTEMPT_ROI, ATTEMPT_RUNAWAY, Final, LargeCap, PageWork,
+                     PassSettings, settings_for)
 from .progress import Progress
 from .records import EngineOutput, PageKey, PageRequest, PageResult, PageStatus, PdfJob, RenderedPage
 from .render import PdfError, Renderer, open_pdf
@@ -258,7 +259,6 @@ class Pipeline:
 
 
 def _why(request: PageRequest) -> str:
-    from .passes import ATTEMPT_AGAIN, ATTEMPT_LARGE, ATTEMPT_ROI, ATTEMPT_RUNAWAY
     return {ATTEMPT_AGAIN: "engine error; trying once more",
             ATTEMPT_RUNAWAY: f"runaway answer; retrying ({request.vision} mode, "
                              f"{'sampled' if request.sampling else 'greedy'})",

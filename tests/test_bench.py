@@ -4,6 +4,7 @@ rates on this CPU say nothing about GPUs."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -161,7 +162,8 @@ class _FakeLLM:
 
     def generate(self, prompts, params, use_tqdm=False):
         time.sleep(0.05 * len(prompts))
-        return [_Out(str(i), params.max_tokens) for i, _ in enumerate(prompts)]
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        return [_Out(str(i), p.max_tokens) for i, p in enumerate(params)]
 
 
 class _FakeVllmEngine:
@@ -180,6 +182,9 @@ class _FakeVllmEngine:
     def _process_inputs(self, rid, request):
         return rid
 
+    def _params_for(self, request):
+        return self._params
+
     def submit(self, request):
         self._process_inputs("x", request)
         self._in.append(request)
@@ -187,8 +192,8 @@ class _FakeVllmEngine:
     def poll(self):
         from ocr.records import EngineOutput
         done, self._in = self._in, []
-        return [EngineOutput(r.key, "# Page\n\n" + "word " * self._params.max_tokens, self._params.max_tokens,
-                             "length", attempt=r.attempt) for r in done]
+        return [EngineOutput(r.key, "# Page\n\n" + "word " * n, n, "length", attempt=r.attempt)
+                for r, n in ((r, self._params_for(r).max_tokens) for r in done)]
 
     def in_flight(self):
         return len(self._in)
@@ -250,3 +255,31 @@ def test_bench_harness_with_a_fake_engine(tmp_path, fake_vllm, capsys, budget, c
     assert "ratio runner/engine" in text and text.rstrip().splitlines()[-1].startswith("BENCH_JSON ")
     import ocr.pipeline
     assert not hasattr(ocr.pipeline.finish_page, "__wrapped__")  # runner instrumentation undone
+
+
+def test_spread_lengths_are_the_same_pages_in_every_run(tmp_path, fake_vllm):
+    """--force-tokens LO-HI: pages get different lengths, and the engine, engine-core and runner runs
+    give each page the same one (so their token totals agree)."""
+    out = tmp_path / "b.json"
+    code = fake_vllm.main(["--model", str(tmp_path / "ckpt"), "--load-format", "dummy", "--generate", "2x6",
+                           "--blank-every", "0", "--dpi", "50", "--force-tokens", "4-40", "--warmup", "0",
+                           "--batch-pages", "3", "--render-workers", "1", "--bench-render-workers", "1",
+                           "--corpus-dir", str(tmp_path / "c"), "--json", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())
+    lengths = [fake_vllm.forced_length((4, 40), pdf, page) for pdf in range(2) for page in range(1, 7)]
+    assert len(set(lengths)) > 3 and all(4 <= n <= 40 for n in lengths)
+    assert res["settings"]["force_tokens"] == "4-40" and res["settings"]["max_tokens"] == 40
+    for run in ("engine", "engine_core", "runner"):
+        assert res[run]["out_tokens"] == sum(lengths), run
+
+
+@pytest.mark.parametrize("text, parsed", [("256", (256, 256)), ("128-1024", (128, 1024)), ("0", (0, 0))])
+def test_force_tokens_parses(fake_vllm, text, parsed):
+    assert fake_vllm.parse_force_tokens(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["1024-128", "x", "-5", "1-2-3"])
+def test_force_tokens_refuses_nonsense(fake_vllm, text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        fake_vllm.parse_force_tokens(text)
