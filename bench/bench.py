@@ -599,8 +599,8 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
         prompt = cfg.prompt or PROMPTS[cfg.mode]
         res["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()
                            if k != "output_dir"}
-        res["settings"].update(force_tokens="-".join(map(str, sorted(set(a.force_tokens)))), warmup_pages=a.warmup, engine_runs=a.engine_runs,
-                               load_format=getattr(cfg, "load_format", a.load_format))
+        res["settings"].update(force_tokens="-".join(map(str, sorted(set(a.force_tokens)))), warmup_pages=a.warmup,
+                               engine_runs=a.engine_runs, load_format=getattr(cfg, "load_format", a.load_format))
 
         start = time.perf_counter()
         pages, blank_by_pdf, info = render_corpus(cfg, timers, a.bench_render_workers or
@@ -632,8 +632,8 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
         ecfg = dataclasses.replace(cfg, model=model_dir)
         start = time.perf_counter()
         engine = VllmEngine(ecfg)
-        spread_runner_lengths(engine, a.force_tokens)
         res["engine_load_s"] = round(time.perf_counter() - start, 1)
+        spread_runner_lengths(engine, a.force_tokens)
         res["settings"]["bench_llm_overrides"] = getattr(install_engine_overrides, "applied", {})
         res["guard_active"] = engine.guard_active
         params = engine._params
@@ -701,7 +701,7 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
         # ---- (b) the full runner, same engine
         _reset_encoder_cache(llm)
         monitor.set_phase("runner")
-        res["runner"] = run_runner(cfg, ecfg, engine, timers, n_ocr)
+        res["runner"] = run_runner(cfg, ecfg, engine, timers, n_ocr, a.force_tokens)
         say(f"runner: {res['runner']}")
     finally:
         monitor.set_phase("close")
@@ -827,7 +827,8 @@ def _reset_encoder_cache(llm: Any) -> None:
         pass
 
 
-def run_runner(cfg: Any, ecfg: Any, engine: Any, timers: Timers, expected_pages: int) -> dict[str, Any]:
+def run_runner(cfg: Any, ecfg: Any, engine: Any, timers: Timers, expected_pages: int,
+               spread: tuple[int, int]) -> dict[str, Any]:
     from ocr.cli import run
     from ocr.engine import VllmEngine
 
@@ -837,7 +838,9 @@ def run_runner(cfg: Any, ecfg: Any, engine: Any, timers: Timers, expected_pages:
         if handed_out:          # the engine died in the runner: close it now and build a new one
             say("runner: the engine died; building a new one (the runner figures include the reload)")
             handed_out[-1].really_close()
-            handed_out.append(SharedEngine(VllmEngine(ecfg), timers))
+            fresh = VllmEngine(ecfg)
+            spread_runner_lengths(fresh, spread)
+            handed_out.append(SharedEngine(fresh, timers))
         else:
             handed_out.append(SharedEngine(engine, timers))
         return handed_out[-1]
