@@ -248,14 +248,14 @@ def make_config(a: argparse.Namespace, input_dir: Path, output_dir: Path, max_to
     from ocr.config import Config, validate
 
     kw: dict[str, Any] = dict(input_dir=input_dir, output_dir=output_dir, model=a.model, mode=a.mode,
-                              dpi=a.dpi, batch_pages=a.batch_pages, max_num_seqs=a.max_num_seqs,
+                              dpi=a.dpi, max_num_seqs=a.max_num_seqs,
                               max_tokens=max_tokens, kv_cache_dtype=a.kv_cache_dtype, max_pages=a.max_pages,
                               overwrite=True, no_progress=True, log_level=a.log_level,
                               # one reading per page, as in the LLM.generate run: dummy weights and
                               # forced token counts make every page a "runaway" for the recovery passes
                               runaway_retry="off", required_labels="")
-    for name in ("gpu_memory_utilization", "render_workers", "preprocess_workers", "queue_ahead", "block_size",
-                 "attention_backend", "load_format"):
+    for name in ("batch_pages", "gpu_memory_utilization", "render_workers", "preprocess_workers", "queue_ahead",
+                 "block_size", "attention_backend", "load_format"):
         if getattr(a, name, None) is not None:
             kw[name] = getattr(a, name)
     if a.enforce_eager:
@@ -1099,8 +1099,8 @@ def parse_force_tokens(text: str) -> tuple[int, int]:
         low, high = int(lo), int(hi or lo)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N or LO-HI, got {text!r}") from None
-    if not 0 <= low <= high:
-        raise argparse.ArgumentTypeError(f"expected 0 <= LO <= HI, got {text!r}")
+    if not (0 <= low <= high and (low >= 1 or high == 0)):
+        raise argparse.ArgumentTypeError(f"expected N >= 0, or 1 <= LO <= HI, got {text!r}")
     return low, high
 
 
@@ -1151,7 +1151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "the runner sets it "
                          "(vLLM 0.24 needs it for DeepSeek-OCR)")
     ap.add_argument("--kv-cache-dtype", default="fp8", help="runner's --kv-cache-dtype (auto on CPU)")
-    ap.add_argument("--batch-pages", type=int, default=64, help="runner's --batch-pages")
+    ap.add_argument("--batch-pages", type=int, default=None, help="runner's --batch-pages (default: the runner's)")
     ap.add_argument("--max-num-seqs", type=int, default=None, help="runner's --max-num-seqs")
     ap.add_argument("--queue-ahead", type=int, default=None, help="runner's --queue-ahead")
     ap.add_argument("--dpi", type=int, default=144, help="runner's --dpi")
@@ -1197,6 +1197,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.engine_runs = [r.strip() for r in a.engine_runs.split(",") if r.strip()]
     if not a.engine_runs or set(a.engine_runs) - {"generate", "core"}:
         ap.error("--engine-runs: generate, core or both")
+    if a.batch_pages is None:
+        from ocr.config import Config
+        a.batch_pages = next(f.default for f in dataclasses.fields(Config) if f.name == "batch_pages")
     return a
 
 

@@ -80,7 +80,7 @@ class Config:
     retry_large_cap: int = opt(50, "Large-mode re-reads allowed per run and worker (most pages have no "
                                "table, so this bounds the extra work; 0 = off)", type=int)
     roi_pass: bool = opt(False, "grounded mode: read each table, title, paragraph and figure region again "
-                         "as a crop with the clean prompt and merge the texts back in reading order")
+                         "as a crop with the clean prompt and merge the texts back in the model's reading order")
     roi_max_crops: int = opt(48, "--roi-pass: regions read again per page at most", type=int)
     # Post-processing
     greek_repair: str = opt("safe", "repair unambiguous Greek OCR slips (look-alike letters, final sigma)",

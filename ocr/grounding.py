@@ -3,7 +3,7 @@ into regions, tolerating the malformed and truncated blocks real output contains
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Box = tuple[int, int, int, int]
 
@@ -34,11 +34,14 @@ _STRAY_CLOSE_RE = re.compile(r"<\|/(?:ref|det)\|>")
 
 @dataclass(frozen=True)
 class Region:
-    """One grounded block: its label, its boxes (0-999 normalised) and the text after it."""
+    """One grounded block: its label, its boxes (0-999 normalised) and the text after it.
+    `head` and `raw` are the block and the whole region as the model wrote them (malformed or not)."""
 
     label: str
     boxes: tuple[Box, ...]
     text: str
+    head: str = field(default="", compare=False, repr=False)
+    raw: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -110,12 +113,14 @@ def parse_regions(text: str) -> list[Region]:
     """
     blocks = list(iter_blocks(text))
     regions = []
-    lead = _region_text(text[: blocks[0].start if blocks else len(text)])
+    lead_raw = text[: blocks[0].start if blocks else len(text)]
+    lead = _region_text(lead_raw)
     if lead:
-        regions.append(Region("", (), lead))
+        regions.append(Region("", (), lead, "", lead_raw))
     for block, nxt in zip(blocks, blocks[1:] + [None]):
         body = text[block.end : nxt.start if nxt else len(text)]
-        regions.append(Region((block.label or "").strip(), block.boxes, _region_text(body)))
+        regions.append(Region((block.label or "").strip(), block.boxes, _region_text(body),
+                              text[block.start : block.end], text[block.start : nxt.start if nxt else len(text)]))
     return regions
 
 

@@ -132,7 +132,7 @@ class PageWork:
         final_verdict = self.first_verdict and runaway.verdict(kept.text, kept.finish_reason, self.settings.max_tokens)
         self.counters.update(runaway.counters(self.first_verdict, retried, kept is not self.first, final_verdict))
         self.kept = kept
-        if not kept.text.strip():
+        if runaway.is_empty(kept.text):          # markup or tags alone count as no text too
             return self._fail(NO_TEXT, kept.finish_reason)
         return self._large()
 

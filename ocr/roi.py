@@ -1,6 +1,6 @@
 """ROI second pass (`--roi-pass`, grounded runs): crop the page's table, title, paragraph (`text`) and
-figure (`image`) regions, read each crop again, and rebuild the page from the region answers in reading
-order. Pure functions, apart from `save_crops`.
+figure (`image`) regions, read each crop again, and rebuild the page from the region answers in the
+page's reading order. Pure functions, apart from `save_crops`.
 
 Flow for one page: `plan_crops(raw_page_text, page_image)` gives every region of the page in reading
 order, each a `Crop`; those with an `image` are sent to the engine with `crop.prompt`; then
@@ -19,10 +19,11 @@ Decisions:
 - Merge keeps the original text of a region when the crop's answer is missing, empty or a runaway
   (`ocr.runaway.verdict`), or when a table crop's answer holds no table. A title keeps its Markdown
   heading marker (`## `) when the Free OCR answer has none.
-- Reading order: a region spanning more than 55% of the page width ends a band; inside a band, regions
-  fall into columns where their horizontal extents do not overlap (gutters); bands top to bottom, columns
-  left to right, regions top to bottom (then left to right). Text before the first block stays first;
-  other box-less regions stay after the region they followed, as their text alone.
+- Reading order is the model's: DeepSeek-OCR writes a page's regions in reading order, and a geometric
+  re-sort (bands and columns from the boxes) put centred headings and figures that cross a gutter in the
+  wrong place on real pages. A region whose answer is not used, and every region without boxes (text
+  before the first block, a ref without a det, a block cut off at the end), is written back exactly as
+  the model wrote it, so a pass that uses no answer changes nothing.
 """
 
 from __future__ import annotations
@@ -34,14 +35,13 @@ from typing import Iterable, Sequence
 
 from PIL import Image
 
-from .grounding import Box, Region, format_boxes, parse_regions, to_pixels
+from .grounding import Box, Region, parse_regions, to_pixels
 from .runaway import is_empty, verdict
 
 ROI_LABELS = ("table", "title", "sub_title", "text", "image")
 FREE_OCR = "<image>\nFree OCR."
 MARKDOWN = "<image>\nConvert the document to markdown."
 PROMPTS = {"text": FREE_OCR, "title": FREE_OCR, "sub_title": FREE_OCR, "table": MARKDOWN, "image": MARKDOWN}
-SPAN_FRACTION = 0.55          # a region wider than this share of the page is a band break
 MARGIN_FRACTION, MIN_MARGIN_PX = 0.01, 4
 MIN_CROP_PX = 8
 MAX_CROPS = 48                # per page
@@ -76,58 +76,20 @@ class Crop:
         return self.image is not None
 
 
-# --- reading order ----------------------------------------------------------------------------------
-
 def _union(boxes: Sequence[Box]) -> Box:
     return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
             max(b[3] for b in boxes))
-
-
-def reading_order(boxes: Sequence[Box], page_width: int = 999) -> list[int]:
-    """Indices of boxes in reading order (rule in the module docstring)."""
-    spans = sorted((i for i, b in enumerate(boxes) if b[2] - b[0] > SPAN_FRACTION * page_width),
-                   key=lambda i: (boxes[i][1], boxes[i][0]))
-    span_tops = [boxes[i][1] for i in spans]
-    bands: list[list[int]] = [[] for _ in range(len(spans) + 1)]
-    for i, b in enumerate(boxes):
-        if i not in spans:
-            bands[sum(1 for top in span_tops if top <= b[1])].append(i)
-    order: list[int] = []
-    for k, band in enumerate(bands):
-        for column in _columns(band, boxes):
-            order.extend(sorted(column, key=lambda i: (boxes[i][1], boxes[i][0])))
-        if k < len(spans):
-            order.append(spans[k])
-    return order
-
-
-def _columns(band: list[int], boxes: Sequence[Box]) -> list[list[int]]:
-    """Group a band's boxes into columns: runs of overlapping horizontal extents, left to right."""
-    columns: list[list[int]] = []
-    right = None
-    for i in sorted(band, key=lambda i: (boxes[i][0], boxes[i][1])):
-        if right is not None and boxes[i][0] < right:
-            columns[-1].append(i)
-            right = max(right, boxes[i][2])
-        else:
-            columns.append([i])
-            right = boxes[i][2]
-    return columns
 
 
 # --- planning -----------------------------------------------------------------------------------------
 
 def plan_crops(grounded_text: str, image: Image.Image, *, labels: Iterable[str] = ROI_LABELS,
                max_crops: int = MAX_CROPS) -> list[Crop]:
-    """Every region of a grounded page in reading order; those of `labels` carry their crop."""
+    """Every region of a grounded page in the model's order; those of `labels` carry their crop."""
     wanted = set(labels)
-    regions = parse_regions(grounded_text)
-    boxed = [i for i, r in enumerate(regions) if r.boxes]
-    ordered = _with_followers(regions, [boxed[j] for j in reading_order([_union(regions[i].boxes) for i in boxed])])
     width, height = image.size
     crops, taken = [], 0
-    for order, i in enumerate(ordered):
-        region = regions[i]
+    for order, region in enumerate(parse_regions(grounded_text)):
         if not region.boxes:
             crops.append(Crop(region.label, None, None, order, region))
             continue
@@ -143,19 +105,6 @@ def plan_crops(grounded_text: str, image: Image.Image, *, labels: Iterable[str] 
             crops.append(Crop(region.label, box, image.crop(box), order, region,
                               prompt=PROMPTS.get(region.label, MARKDOWN)))
     return crops
-
-
-def _with_followers(regions: Sequence[Region], boxed_order: list[int]) -> list[int]:
-    """Box-less regions (text before the first block, a ref without boxes, a block cut off at the end)
-    stay right after the region they followed in the model's answer."""
-    followers: dict[int | None, list[int]] = {}
-    previous = None
-    for i, region in enumerate(regions):
-        if region.boxes:
-            previous = i
-        else:
-            followers.setdefault(previous, []).append(i)
-    return followers.get(None, []) + [k for i in boxed_order for k in (i, *followers.get(i, []))]
 
 
 def _with_margin(box: Box, width: int, height: int) -> Box:
@@ -182,18 +131,16 @@ def choose(crop: Crop, answer: str | None) -> tuple[str, bool]:
 
 
 def merge(crops_with_texts: Iterable[tuple[Crop, str | None]]) -> str:
-    """The page's raw grounded text rebuilt from its regions in reading order: each original block
-    (label and 0-999 boxes) followed by the chosen text. Feed it to finish_page(mode="grounded")."""
+    """The page's raw grounded text rebuilt from its regions in order: each region as the model wrote
+    it, or its original block followed by the crop's answer where that replaced the region's text.
+    Feed it to finish_page(mode="grounded")."""
     parts = []
     for crop, answer in sorted(crops_with_texts, key=lambda pair: pair[0].order):
-        text, _ = choose(crop, answer)
-        region = crop.region
-        if not region.boxes:          # no box to keep: its text alone (a cut-off block has none)
-            parts.append(text)
-            continue
-        block = f"<|ref|>{region.label}<|/ref|><|det|>{format_boxes(region.boxes)}<|/det|>"
-        parts.append(f"{block}\n{text}" if text else block)
-    return "\n\n".join(p for p in parts if p).strip() + "\n"
+        text, replaced = choose(crop, answer)
+        raw = crop.region.raw
+        gap = raw[len(raw.rstrip()):] or "\n\n"        # the original spacing before the next region
+        parts.append(f"{crop.region.head}\n{text}{gap}" if replaced else raw)
+    return "".join(parts).strip() + "\n"
 
 
 def counters(crops_with_texts: Iterable[tuple[Crop, str | None]]) -> dict[str, int]:

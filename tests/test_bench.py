@@ -279,7 +279,7 @@ def test_force_tokens_parses(fake_vllm, text, parsed):
     assert fake_vllm.parse_force_tokens(text) == parsed
 
 
-@pytest.mark.parametrize("text", ["1024-128", "x", "-5", "1-2-3"])
+@pytest.mark.parametrize("text", ["1024-128", "x", "-5", "1-2-3", "0-64"])
 def test_force_tokens_refuses_nonsense(fake_vllm, text):
     with pytest.raises(argparse.ArgumentTypeError):
         fake_vllm.parse_force_tokens(text)

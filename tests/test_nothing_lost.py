@@ -49,11 +49,22 @@ def reference(tmp_path_factory):
     return base / "in", outputs(base / "out")
 
 
+def journal_lines(out: Path) -> list[tuple[str, int]]:
+    """Each journal's name and line count; a journal the runner removes meanwhile (its PDF is done) is
+    left out."""
+    journal = out / ".ocr-state" / "journal"
+    found = []
+    for path in (journal.iterdir() if journal.exists() else ()):
+        try:
+            found.append((path.name, len(path.read_bytes().splitlines())))
+        except FileNotFoundError:
+            pass
+    return sorted(found)
+
+
 def progress(out: Path) -> tuple:
     """What is on disk so far: journal lengths and finished Markdown files (changes with every page)."""
-    journal = out / ".ocr-state" / "journal"
-    lines = sorted((p.name, len(p.read_bytes().splitlines())) for p in journal.iterdir()) if journal.exists() else []
-    return tuple(lines), tuple(sorted(p.name for p in out.rglob("*.md")))
+    return tuple(journal_lines(out)), tuple(sorted(p.name for p in out.rglob("*.md")))
 
 
 def kill_round(src: Path, out: Path, rng: random.Random, during_startup: bool) -> bool:
@@ -98,9 +109,8 @@ def test_random_kills_then_resume_match_an_uninterrupted_run(tmp_path, reference
 
 def _wait_for_journal_page(out: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    journal = out / ".ocr-state" / "journal"
     while time.monotonic() < deadline:
-        if journal.exists() and any(len(p.read_text().splitlines()) > 1 for p in journal.iterdir()):
+        if any(lines > 1 for _, lines in journal_lines(out)):
             return
         time.sleep(0.05)
     raise AssertionError("no page was journaled")

@@ -92,6 +92,18 @@ def test_an_engine_without_sampling_or_large_mode_does_not_repeat_a_reading(tmp_
     assert report["totals"]["passes"]["runaway"] == {"empty": 1, "pages": 2, "repeated_lines": 1, "unresolved": 2}
 
 
+@pytest.mark.parametrize("hollow", ["**", "---", "<table></table>", "<|ref|>text<|/ref|>"])
+def test_a_page_answered_with_markup_alone_twice_is_a_failed_page(tmp_path, hollow):
+    """Nothing readable in either answer: the page is failed (the PDF is redone next run), not an OK page
+    holding a stray rule or empty table."""
+    engine = ScriptedEngine(script=lambda r: hollow if r.key.page == 2 else GOOD)
+    code, report, md = cli(tmp_path, engine, pages=[ENGLISH, GREEK])
+    assert code == 1
+    assert pdf_entry(report, "a.pdf")["failed_pages"] == [2]
+    assert "[[Page 2 failed" in md
+    assert [r.attempt for r in engine.requests if r.key.page == 2] == [ATTEMPT_FIRST, ATTEMPT_RUNAWAY]
+
+
 def test_without_large_mode_an_empty_answer_is_retried_with_sampling(tmp_path):
     """DeepSeek-OCR-2 in vLLM: per-request sampling, no Large mode."""
     engine = ScriptedEngine(script=lambda r: GOOD if r.sampling else "", vision_modes=("gundam",))
@@ -181,7 +193,7 @@ def _roi_script(request: PageRequest) -> str:
     return f"crop {request.part} re-read"
 
 
-def test_roi_pass_rereads_each_region_and_merges_in_reading_order(tmp_path):
+def test_roi_pass_rereads_each_region_and_merges_in_the_models_order(tmp_path):
     engine = ScriptedEngine(script=_roi_script)
     code, report, md = cli(tmp_path, engine, "--mode", "grounded", "--roi-pass", "--save-crops")
     assert code == 0
@@ -190,9 +202,9 @@ def test_roi_pass_rereads_each_region_and_merges_in_reading_order(tmp_path):
     assert sorted(r.prompt for r in crops) == sorted([FREE_OCR, FREE_OCR, FREE_OCR, MARKDOWN])
     page_w, page_h = engine.requests[0].image.size
     assert all(r.image.size[0] * r.image.size[1] < page_w * page_h / 3 for r in crops)   # crops, not the page
-    title, left, right, table = (md.index(s) for s in ("# crop 1", "crop 2 re-read", "crop 3 re-read", "<td>43"))
-    assert title < left < right < table                     # title, left column, right column, table
-    assert "right column, read second" not in md
+    right, title, left, table = (md.index(s) for s in ("crop 1 re-read", "# crop 2", "crop 3 re-read", "<td>43"))
+    assert right < title < left < table                     # the order the model wrote, the title's # kept
+    assert "right column, read second" not in md and "left column, read first" not in md
     assert report["totals"]["passes"]["roi"] == {"crops": 4, "pages": 1, "replaced": 4}
     saved = sorted(p.name for p in (tmp_path / "out" / "a_assets").glob("*roi*"))
     assert len(saved) == 4 and saved[0].startswith("page-0001-roi-")
