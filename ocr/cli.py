@@ -46,7 +46,7 @@ def setup_logging(cfg: Config) -> Path:
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}{cfg.shard_suffix}.log"
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    file_handler = logging.FileHandler(path, encoding="utf-8")
+    file_handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
     file_handler.setFormatter(fmt)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
@@ -114,12 +114,24 @@ def main(argv: Sequence[str] | None = None, engine_factory: Callable[[], Engine]
     try:
         cfg = parse_config(argv, prog=prog, description=DESCRIPTION)
         return run(cfg, engine_factory)
-    except (UsageError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    except SetupError as exc:
+    except (UsageError, SetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except Exception as exc:         # a bug: finished pages are kept (journal, Markdown) and the next run resumes
+        where = _log_traceback()
+        print(f"error: internal error, the run stopped ({type(exc).__name__}: {exc}); finished pages are kept "
+              f"and the next run resumes{f'; traceback in {where}' if where else ''}", file=sys.stderr)
+        return ExitCode.INCOMPLETE
+
+
+def _log_traceback() -> str | None:
+    """The current exception's traceback into the run log file only (the console gets one line)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "internal error", None, sys.exc_info())
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+            return handler.baseFilename
+    return None

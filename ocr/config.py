@@ -122,7 +122,14 @@ class Config:
         """Settings that change a PDF's output: a finished PDF made with others is redone."""
         return {"model": self.model, "mode": self.mode, "prompt": self.prompt, "max_pages": self.max_pages,
                 "dpi": self.dpi, "max_tokens": self.max_tokens, "greek_repair": self.greek_repair,
-                **self._grounded_passes()}
+                **self._grounded_passes(), **self._decoding()}
+
+    def _decoding(self) -> dict[str, Any]:
+        """Weights and decoding settings, only where they differ from the defaults (so outputs made at
+        the defaults stay done): a `--load-format dummy` test run's Markdown is never taken as finished."""
+        changed = {"load_format": self.load_format != "auto", "enable_fp8_weights": self.enable_fp8_weights,
+                   "ngram_size": self.ngram_size is not None, "ngram_window": self.ngram_window is not None}
+        return {name: getattr(self, name) for name, differs in changed.items() if differs}
 
     def _grounded_passes(self) -> dict[str, Any]:
         """The grounded-only passes change a page's layout blocks: a PDF made without them is redone.

@@ -40,16 +40,28 @@ def assign_shards(paths: list[Path], num_shards: int) -> list[int]:
     return shards
 
 
-def md_path_for(rel: Path, output_dir: Path) -> Path:
-    """<output>/<relative folder>/<stem>.md: same stems in different folders never collide."""
-    return output_dir / rel.parent / (rel.stem + ".md")
+def md_path_for(rel: Path, output_dir: Path, keep_suffix: bool = False) -> Path:
+    """<output>/<relative folder>/<stem>.md: same stems in different folders never collide. `keep_suffix`
+    (for x.pdf beside x.PDF, which would share x.md): <name>.md, i.e. x.pdf.md and x.PDF.md."""
+    return output_dir / rel.parent / ((rel.name if keep_suffix else rel.stem) + ".md")
+
+
+def _shared_stems(rels: list[Path]) -> set[Path]:
+    """PDFs whose <stem>.md another PDF of the same folder would also get (compared without case, so a
+    case-insensitive output disk is safe too)."""
+    seen: dict[str, list[Path]] = {}
+    for rel in rels:
+        seen.setdefault((rel.parent / rel.stem).as_posix().casefold(), []).append(rel)
+    return {rel for group in seen.values() if len(group) > 1 for rel in group}
 
 
 def plan_jobs(input_dir: Path, output_dir: Path, num_shards: int = 1, shard_index: int = 0) -> list[PdfJob]:
     paths = find_pdfs(input_dir)
+    shared = _shared_stems([path.relative_to(input_dir) for path in paths])
     jobs = []
     for path, shard in zip(paths, assign_shards(paths, num_shards)):
         if shard == shard_index:
             rel = path.relative_to(input_dir)
-            jobs.append(PdfJob(index=len(jobs), path=path, rel=rel, md_path=md_path_for(rel, output_dir)))
+            jobs.append(PdfJob(index=len(jobs), path=path, rel=rel,
+                               md_path=md_path_for(rel, output_dir, keep_suffix=rel in shared)))
     return jobs

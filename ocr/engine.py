@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import dataclasses
 
 from . import large_mode
+from .config import UsageError
 from .models import DEEPSEEK_OCR, PROMPTS, Checkpoint, inspect as inspect_model  # noqa: F401  (PROMPTS re-exported)
 from .records import EngineOutput, PageRequest
 
@@ -71,7 +72,7 @@ def detect_platform() -> Platform:
 def check_tensor_parallel(size: int, heads: int = MODEL_HEADS, model: str = "DeepSeek-OCR") -> None:
     if heads % size:
         divisors = [d for d in range(1, heads + 1) if heads % d == 0]
-        raise ValueError(f"--tensor-parallel-size {size} cannot split {model}'s {heads} attention "
+        raise UsageError(f"--tensor-parallel-size {size} cannot split {model}'s {heads} attention "
                          f"heads; use one of {divisors}, or one worker per GPU (--num-shards)")
 
 

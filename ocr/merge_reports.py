@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from .config import Config
 from .report import counter_lines, passes
-from .store import write_atomic
+from .store import json_text, write_atomic
 
 SUMMED = ("pdfs", "pages", "blank_pages", "failed_pages", "tokens")
 PROBLEM_STATUSES = ("failed", "partial", "unfinished")
@@ -166,7 +166,7 @@ def write_merged(output_dir: Path, merged: dict[str, Any], num_shards: int) -> P
     if num_shards == 1:
         return None
     path = output_dir / "run_report.json"
-    write_atomic(path, json.dumps(merged, indent=1, ensure_ascii=False, default=str) + "\n")
+    write_atomic(path, json_text(merged, indent=1) + "\n")
     return path
 
 

@@ -120,7 +120,7 @@ class Pipeline:
             if self._nothing_to_do(renderer):
                 return
             sup = Supervisor(self.engine_factory, self.cfg.max_engine_restarts, self.cfg.page_timeout,
-                             on_event=self.report.event)
+                             on_event=self.report.event, stopping=lambda: self.stop_reason is not None)
             self.report.engine_ready = time.time()
             self.special_tokens = tuple(getattr(sup.engine, "special_tokens", ()))
             self.passes = settings_for(self.cfg, sup.engine)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pymupdf
 from PIL import Image
@@ -33,7 +36,7 @@ def open_pdf(path: Path) -> pymupdf.Document:
     if b"%PDF" not in head:  # MuPDF would "repair" any file into a page; readers require the header
         raise PdfError("not a PDF (no %PDF header in the first 1024 bytes)")
     try:
-        doc = pymupdf.open(path, filetype="pdf")
+        doc = _open_document(path)
     except Exception as exc:
         raise PdfError(f"damaged PDF: {exc}") from exc
     if doc.needs_pass and not doc.authenticate(""):
@@ -43,6 +46,23 @@ def open_pdf(path: Path) -> pymupdf.Document:
         doc.close()
         raise PdfError("PDF has no pages (damaged or empty page tree)")
     return doc
+
+
+def _open_document(path: Path) -> pymupdf.Document:
+    """MuPDF takes file names as UTF-8; a name that is not (an archive unzipped from CP1253) is opened
+    through its file descriptor, or read into memory where there is no /proc."""
+    try:
+        os.fsdecode(path).encode("utf-8")
+        return pymupdf.open(path, filetype="pdf")
+    except UnicodeEncodeError:
+        pass
+    if not os.path.isdir("/proc/self/fd"):
+        return pymupdf.open(stream=Path(path).read_bytes(), filetype="pdf")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return pymupdf.open(f"/proc/self/fd/{fd}", filetype="pdf")     # MuPDF opens its own handle
+    finally:
+        os.close(fd)
 
 
 def page_zoom(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> float:
@@ -90,15 +110,25 @@ def render_task(path: str, key: PageKey, dpi: int, max_pixels: int) -> RenderedP
                         seconds=time.perf_counter() - start)
 
 
-class Renderer:
-    """A pool of render processes with a bounded window of pages in progress, returned in order."""
+@dataclass
+class _Entry:
+    args: tuple
+    future: Future | None = None
+    solo: bool = False            # in progress when a render process died: rendered alone, to find the culprit
 
-    def __init__(self, workers: int, window: int, dpi: int, max_pixels: int):
-        self._workers = workers
+
+class Renderer:
+    """A pool of render processes with a bounded window of pages in progress, returned in order.
+
+    When a render process dies (out of memory, a MuPDF crash), every page in progress fails with it; those
+    pages are rendered again one at a time, so only the page that kills a process alone gets the stub."""
+
+    def __init__(self, workers: int, window: int, dpi: int, max_pixels: int, task: Callable | None = None):
+        self._workers, self._task = workers, task
         self._pool = self._new_pool()
         self._window = max(window, workers)
         self._dpi, self._max_pixels = dpi, max_pixels
-        self._pending: deque[tuple[Future, tuple]] = deque()
+        self._pending: deque[_Entry] = deque()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn: the parent may hold CUDA and vLLM threads, which must not be forked
@@ -108,31 +138,54 @@ class Renderer:
         return len(self._pending) < self._window
 
     def submit(self, path: Path, key: PageKey) -> None:
-        args = (str(path), key, self._dpi, self._max_pixels)
-        self._pending.append((self._pool.submit(render_task, *args), args))
+        self._pending.append(_Entry((str(path), key, self._dpi, self._max_pixels)))
+        self._launch()
 
     def pending(self) -> int:
         return len(self._pending)
 
+    def _launch(self) -> None:
+        """Start what may start: while suspects remain, one of them alone and nothing else."""
+        suspects = any(e.solo for e in self._pending)
+        for entry in self._pending:
+            if entry.solo:
+                if entry.future is None:
+                    entry.future = self._start(entry)
+                if not entry.future.done():
+                    return
+            elif entry.future is None:
+                if suspects:
+                    return
+                entry.future = self._start(entry)
+
+    def _start(self, entry: _Entry) -> Future:
+        try:
+            return self._pool.submit(self._task or render_task, *entry.args)
+        except BrokenProcessPool as exc:     # a process died since the last look: next() sorts it out
+            failed: Future = Future()
+            failed.set_exception(exc)
+            return failed
+
     def next(self, block: bool) -> RenderedPage | None:
         """The oldest page in progress if it is done (or when block is set), else None."""
-        if not self._pending or (not block and not self._pending[0][0].done()):
+        self._launch()
+        if not self._pending or (not block and not self._pending[0].future.done()):
             return None
-        future, args = self._pending.popleft()
+        entry = self._pending.popleft()
         try:
-            return future.result()
-        except BrokenProcessPool:  # a render process died (out of memory, a MuPDF crash)
-            self._restart()
-            return RenderedPage(args[1], error="render failed: the render process died on this page")
-
-    def _restart(self) -> None:
-        """New pool; the pages that were in progress in the broken one are rendered again."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = self._new_pool()
-        retry = [args for _, args in self._pending]
-        self._pending.clear()
-        for args in retry:
-            self._pending.append((self._pool.submit(render_task, *args), args))
+            page = entry.future.result()
+        except BrokenProcessPool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            if entry.solo:
+                return RenderedPage(entry.args[1], error="render failed: the render process died on this page")
+            for other in (entry, *self._pending):
+                if other.future is not None and not (other.future.done() and other.future.exception() is None):
+                    other.future, other.solo = None, True
+            self._pending.appendleft(entry)
+            return self.next(block)
+        self._launch()
+        return page
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

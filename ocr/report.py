@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from typing import Any
 
 from . import large_mode, roi, runaway
 from .records import PageResult, PageStatus
-from .store import write_atomic
+from .store import json_text, write_atomic
 
 
 class PdfStatus(str, Enum):
@@ -105,7 +104,7 @@ class RunReport:
                 "pdfs": [e.to_json() for e in self.pdfs.values()]}
 
     def write(self) -> None:
-        write_atomic(self.path, json.dumps(self.to_json(), indent=1, ensure_ascii=False, default=str) + "\n")
+        write_atomic(self.path, json_text(self.to_json(), indent=1) + "\n")
 
     def summary_lines(self) -> list[str]:
         t = self.totals()

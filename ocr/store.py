@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -65,6 +66,17 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """JSON with names as they are (Greek stays readable); a file name that is not valid UTF-8 (an archive
+    unzipped from CP1253) carries lone surrogates, which only the escaped form can hold."""
+    try:
+        text = json.dumps(obj, indent=indent, ensure_ascii=False, default=str)
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return json.dumps(obj, indent=indent, ensure_ascii=True, default=str)
+
+
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Lines of a JSON-lines file; a torn last line (a kill mid-write) is skipped."""
     try:
@@ -80,13 +92,20 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:
     # One write() of one line with O_APPEND: workers sharing a file never interleave lines.
-    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    data = (json_text(record) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _same_run(old: Any, new: dict[str, Any]) -> bool:
+    if not isinstance(old, dict) or old.get("settings") != new["settings"]:
+        return False
+    before, now = old.get("source") or {}, new["source"]
+    return before.get("size") == now["size"] and before.get("sha256") == now["sha256"]
 
 
 class Store:
@@ -101,12 +120,14 @@ class Store:
 
     @staticmethod
     def _load_manifests(state_dir: Path) -> dict[str, dict[str, Any]]:
-        """Every worker's manifest (shards write their own); the last entry for a PDF wins."""
+        """Every worker's manifest (shards write their own, and a corpus may be run with one worker, then
+        with shards); the newest entry for a PDF wins, whichever file holds it."""
         done: dict[str, dict[str, Any]] = {}
         for path in sorted(state_dir.glob("manifest*.jsonl")):
             for entry in _read_jsonl(path):
-                if "pdf" in entry:
-                    done[entry["pdf"]] = entry
+                pdf = entry.get("pdf")
+                if pdf and entry.get("time", 0) >= done.get(pdf, {}).get("time", 0):
+                    done[pdf] = entry
         return done
 
     def is_complete(self, job: PdfJob) -> bool:
@@ -116,7 +137,7 @@ class Store:
 
     def mark_complete(self, job: PdfJob, source: SourceId, pages: int) -> None:
         entry = {"pdf": job.name, "md": job.md_path.name, "pages": pages, "source": source.to_json(),
-                 "settings": self.fingerprint}
+                 "settings": self.fingerprint, "time": time.time()}
         _append_line(self.manifest_path, entry)
         self._done[job.name] = entry
 
@@ -124,11 +145,12 @@ class Store:
         return self.journal_dir / (job.rel.as_posix().replace("/", "__") + ".jsonl")
 
     def open_journal(self, job: PdfJob, source: SourceId) -> dict[int, PageResult]:
-        """Finished pages from an earlier run of this same PDF and settings; starts a fresh journal otherwise."""
+        """Finished pages from an earlier run of this same PDF (same size and SHA-256: a copy or a touch that
+        moved only the mtime keeps them) and settings; starts a fresh journal otherwise."""
         path = self.journal_path(job)
         header = {"source": source.to_json(), "settings": self.fingerprint}
         lines = list(_read_jsonl(path))
-        if lines and lines[0].get("header") == header:
+        if lines and _same_run(lines[0].get("header"), header):
             pages = {}
             for line in lines[1:]:
                 if "page" in line:
@@ -136,7 +158,7 @@ class Store:
                     if result.status.value != "failed":   # failed pages are tried again
                         pages[result.page] = result
             return pages
-        write_atomic(path, json.dumps({"header": header}, ensure_ascii=False) + "\n")
+        write_atomic(path, json_text({"header": header}) + "\n")
         return {}
 
     def journal_page(self, job: PdfJob, result: PageResult) -> None:

@@ -26,8 +26,9 @@ class Supervisor:
     until the page that kills the engine is alone; alone twice, it fails with a stub and the run goes on."""
 
     def __init__(self, factory: Callable[[], Engine], max_restarts: int, page_timeout: float,
-                 on_event: Callable[..., None] = lambda *a, **k: None):
+                 on_event: Callable[..., None] = lambda *a, **k: None, stopping: Callable[[], bool] = lambda: False):
         self.factory = factory
+        self.stopping = stopping          # the run is stopping (a signal): a dead engine is not rebuilt
         self.max_restarts = max_restarts
         self.page_timeout = page_timeout
         self.on_event = on_event
@@ -112,6 +113,13 @@ class Supervisor:
                     raise EngineDead(f"engine hung: no page finished for {self.page_timeout:.0f} s") from None
 
     def _recover(self, cause: str) -> list[EngineOutput]:
+        if self.stopping():
+            # `timeout` and Ctrl-C signal the whole process group, so the engine core stops with the run;
+            # its pages in flight are not journaled and the next run redoes them.
+            log.info("engine stopped with the run (%s)", cause)
+            self._orphans, self._groups, self._group = [], deque(), None
+            self.engine.lost_requests()
+            return []
         started = time.monotonic()
         lost = self.engine.lost_requests() + self._orphans
         self._orphans, self._dead = [], None

@@ -111,6 +111,24 @@ def test_odd_file_names(tmp_path):
         assert (out / (name[:-4] + ".md")).read_text(encoding="utf-8").startswith("# Page 1")
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="byte file names")
+def test_file_names_that_are_not_utf8_are_ocred_and_resumed(tmp_path):
+    """A Greek archive unzipped from CP1253: 'Αρχείο.pdf' as bytes that are not UTF-8. The run OCRs it,
+    writes its report and manifest, and the next run skips it."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    name = "\u0391\u03c1\u03c7\u03b5\u03af\u03bf".encode("cp1253") + b".pdf"
+    make_pdf(src / "tmp.pdf", [ENGLISH])
+    os.rename(src / "tmp.pdf", os.fsdecode(os.fsencode(src) + b"/" + name))
+    code, report = run_with_good_neighbour(src, out)
+    assert code == 0
+    md = os.fsencode(out) + b"/" + name[:-4] + b".md"
+    with open(md, "rb") as f:
+        assert f.read().startswith(b"# Page 1")
+    assert report["totals"]["pdfs_complete"] == 2
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(out)]) == 0
+    assert load_report(out)["totals"]["pdfs_skipped"] == 2
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
 def test_unreadable_file(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"

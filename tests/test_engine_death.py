@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 
 from conftest import load_report, pdf_entry, run_cli
@@ -166,3 +168,26 @@ def test_engine_left_by_a_killed_runner_is_reaped(tmp_path):
     reap_stale_engine(pid_file)
     assert other.poll() is None
     other.kill()
+
+
+def test_a_signal_that_also_stops_the_engine_does_not_rebuild_it(tmp_path, inline_render):
+    """`timeout` and Ctrl-C signal the whole process group, so vLLM's engine core stops with the runner:
+    the run exits at once (130) without loading a new engine, and the next run finishes the PDF."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    corpus(src, n_pdfs=1, pages=4)
+
+    def stop_with_the_runner(request):
+        if request.key.page != 2:
+            return False
+        os.kill(os.getpid(), signal.SIGTERM)      # the runner's handler runs in the main thread meanwhile
+        time.sleep(0.5)
+        return True                               # and the engine core dies of the same signal
+
+    stopping = Factory(per_poll=1, kill_if=stop_with_the_runner)
+    assert run_cli(args(src, out), engine_factory=stopping) == 130
+    report = load_report(out)
+    assert stopping.built == 1 and report["engine"]["restarts"] == 0
+    assert not any(e["event"] == "engine_restart" for e in report["events"])
+    assert report["interrupted"] == "stopped by SIGTERM"
+    assert run_cli(args(src, out)) == 0
+    assert (out / "doc0.md").read_text(encoding="utf-8").count("# Page") == 4

@@ -78,6 +78,20 @@ def test_changed_mode_redoes_the_pdf(tmp_path):
     assert len(engine.log) == 1
 
 
+def test_a_dummy_weight_run_is_never_taken_as_finished(tmp_path):
+    """A throughput test with --load-format dummy into the real output folder: the real run redoes its
+    PDFs; a rerun at the same settings still skips them."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "a.pdf", numbered_pages(1))
+    base = ["--input-dir", str(src), "--output-dir", str(out)]
+    runs = []
+    for extra in (["--load-format", "dummy"], [], [], ["--ngram-size", "0"]):
+        engine = ScriptedEngine()
+        assert run_cli(base + extra, engine=engine) == 0
+        runs.append(len(engine.log))
+    assert runs == [1, 1, 0, 1]
+
+
 def test_empty_output_is_retried_once_then_stubbed(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     make_pdf(src / "a.pdf", numbered_pages(3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,17 @@ def test_same_stem_in_different_folders_maps_to_different_outputs(tmp_path):
     touch(tmp_path / "in" / "y" / "doc.pdf")
     jobs = plan_jobs(tmp_path / "in", tmp_path / "out")
     assert {j.md_path.relative_to(tmp_path / "out").as_posix() for j in jobs} == {"x/doc.md", "y/doc.md"}
+
+
+def test_same_stem_with_another_suffix_case_keeps_both_outputs(tmp_path):
+    """x.pdf and x.PDF in one folder would both write x.md: each keeps its suffix instead, in every shard."""
+    for rel in ["x.pdf", "x.PDF", "X.pdf", "y.pdf", "sub/x.pdf"]:
+        touch(tmp_path / "in" / rel)
+    for shards in (1, 3):
+        jobs = [j for i in range(shards) for j in plan_jobs(tmp_path / "in", tmp_path / "out", shards, i)]
+        outputs = {j.name: j.md_path.relative_to(tmp_path / "out").as_posix() for j in jobs}
+        assert outputs == {"x.pdf": "x.pdf.md", "x.PDF": "x.PDF.md", "X.pdf": "X.pdf.md", "y.pdf": "y.md",
+                           "sub/x.pdf": "sub/x.md"}
 
 
 def test_shard_assignment_is_the_same_for_every_worker(tmp_path):
@@ -114,3 +126,39 @@ def test_overrides_win():
 def test_pre_ada_gpu_falls_back_from_fp8_kv():
     kw, notes = engine_kwargs(cfg(), Platform("cuda", fp8_kv=False, capability=(8, 0)))
     assert kw["kv_cache_dtype"] == "auto" and any("not supported" in n for n in notes)
+
+
+# --- resume state ---------------------------------------------------------------------------------------
+
+def _job(tmp_path: Path, name: str = "a.pdf"):
+    from ocr.records import PdfJob
+    path = touch(tmp_path / "in" / name, 100)
+    return PdfJob(0, path, Path(name), tmp_path / "out" / (Path(name).stem + ".md"))
+
+
+def test_journal_survives_a_touch_but_not_a_changed_pdf(tmp_path):
+    """rsync without -t moves only the mtime: a half-done PDF keeps its finished pages."""
+    from ocr.records import PageResult, PageStatus
+    from ocr.store import Store, source_id
+    job, state = _job(tmp_path), tmp_path / "out" / ".ocr-state"
+    store = Store(state, {"dpi": 144})
+    assert store.open_journal(job, source_id(job.path)) == {}
+    store.journal_page(job, PageResult(1, PageStatus.OK, "page one"))
+    os.utime(job.path, ns=(1, 1))
+    assert store.open_journal(job, source_id(job.path))[1].text == "page one"
+    job.path.write_bytes(b"%PDF" + b"y" * 100)                  # same size, other content
+    assert store.open_journal(job, source_id(job.path)) == {}
+    assert Store(state, {"dpi": 200}).open_journal(job, source_id(job.path)) == {}
+
+
+def test_the_newest_manifest_entry_wins_across_worker_files(tmp_path):
+    """Run with shards at DPI 200, then with one worker at DPI 144: the single worker's newer entry
+    counts, though manifest.shard-* sorts after manifest.jsonl."""
+    from ocr.store import Store, source_id
+    job, state = _job(tmp_path), tmp_path / "out" / ".ocr-state"
+    job.md_path.parent.mkdir(parents=True)
+    job.md_path.write_text("done")
+    Store(state, {"dpi": 200}, "manifest.shard-0-of-2.jsonl").mark_complete(job, source_id(job.path), 1)
+    Store(state, {"dpi": 144}).mark_complete(job, source_id(job.path), 1)
+    assert Store(state, {"dpi": 144}).is_complete(job)
+    assert not Store(state, {"dpi": 200}).is_complete(job)

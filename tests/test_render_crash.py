@@ -1,0 +1,39 @@
+"""A page that kills its render process: only that page gets the stub, the pages beside it render."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ocr.records import PageKey
+from ocr.render import Renderer, render_task
+from pdfgen import make_pdf, numbered_pages
+
+KILLER_PAGE = 3
+
+
+def crashing_task(path, key, dpi, max_pixels):
+    """render_task, but page 3 takes its render process down (as a MuPDF segfault or the OOM killer)
+    while page 2, slow, is still rendering in the other process."""
+    if key.page == KILLER_PAGE:
+        time.sleep(0.3)
+        os._exit(1)
+    if key.page == KILLER_PAGE - 1:
+        time.sleep(2.0)
+    return render_task(path, key, dpi, max_pixels)
+
+
+def test_only_the_page_that_kills_a_render_process_is_stubbed(tmp_path):
+    pdf = make_pdf(tmp_path / "a.pdf", numbered_pages(8))
+    with Renderer(workers=2, window=6, dpi=40, max_pixels=10**6, task=crashing_task) as renderer:
+        got = []
+        for page in range(1, 9):
+            if not renderer.has_room():
+                got.append(renderer.next(block=True))
+            renderer.submit(pdf, PageKey(0, page))
+        while renderer.pending():
+            got.append(renderer.next(block=True))
+    assert [p.key.page for p in got] == list(range(1, 9))                 # in order, none lost
+    failed = {p.key.page: p.error for p in got if p.error}
+    assert failed == {KILLER_PAGE: "render failed: the render process died on this page"}
+    assert all(p.image is not None or p.blank for p in got if p.key.page != KILLER_PAGE)
