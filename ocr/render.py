@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -110,6 +111,17 @@ def render_task(path: str, key: PageKey, dpi: int, max_pixels: int) -> RenderedP
                         seconds=time.perf_counter() - start)
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Render processes end when the runner does, even when it is SIGKILLed (`timeout -s KILL`, the OOM
+    killer): a pool worker would otherwise wait on its queue forever, holding ~200 MB."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 @dataclass
 class _Entry:
     args: tuple
@@ -132,7 +144,8 @@ class Renderer:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn: the parent may hold CUDA and vLLM threads, which must not be forked
-        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
 
     def has_room(self) -> bool:
         return len(self._pending) < self._window

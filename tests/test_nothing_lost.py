@@ -146,3 +146,18 @@ def test_second_signal_exits_at_once(tmp_path, reference):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 130
     assert time.monotonic() - sent < 4
+
+
+def test_render_processes_end_with_a_killed_runner(tmp_path, reference):
+    """SIGKILL (the OOM killer, `timeout -s KILL`) leaves no render process behind holding memory."""
+    import psutil
+    src, _ = reference
+    out = tmp_path / "out"
+    proc = start(src, out, 8.0)
+    _wait_for_journal_page(out, timeout=120)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers
+    proc.kill()
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []
