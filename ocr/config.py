@@ -127,9 +127,8 @@ class Config:
     def _decoding(self) -> dict[str, Any]:
         """Weights and decoding settings, only where they differ from the defaults (so outputs made at
         the defaults stay done): a `--load-format dummy` test run's Markdown is never taken as finished."""
-        changed = {"load_format": self.load_format != "auto", "enable_fp8_weights": self.enable_fp8_weights,
-                   "ngram_size": self.ngram_size is not None, "ngram_window": self.ngram_window is not None}
-        return {name: getattr(self, name) for name, differs in changed.items() if differs}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name in _DECODING and getattr(self, f.name) != f.default}
 
     def _grounded_passes(self) -> dict[str, Any]:
         """The grounded-only passes change a page's layout blocks: a PDF made without them is redone.
@@ -138,6 +137,9 @@ class Config:
             return {}
         from .large_mode import parse_required
         return {"roi_pass": self.roi_pass, "required_labels": sorted(parse_required(self.required_labels))}
+
+
+_DECODING = ("load_format", "enable_fp8_weights", "ngram_size", "ngram_window")
 
 
 def _flag(name: str) -> str:

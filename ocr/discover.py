@@ -57,11 +57,11 @@ def _shared_stems(rels: list[Path]) -> set[Path]:
 
 def plan_jobs(input_dir: Path, output_dir: Path, num_shards: int = 1, shard_index: int = 0) -> list[PdfJob]:
     paths = find_pdfs(input_dir)
-    shared = _shared_stems([path.relative_to(input_dir) for path in paths])
+    rels = [path.relative_to(input_dir) for path in paths]
+    shared = _shared_stems(rels)
     jobs = []
-    for path, shard in zip(paths, assign_shards(paths, num_shards)):
+    for path, rel, shard in zip(paths, rels, assign_shards(paths, num_shards)):
         if shard == shard_index:
-            rel = path.relative_to(input_dir)
             jobs.append(PdfJob(index=len(jobs), path=path, rel=rel,
                                md_path=md_path_for(rel, output_dir, keep_suffix=rel in shared)))
     return jobs

@@ -118,9 +118,9 @@ def parse_regions(text: str) -> list[Region]:
     if lead:
         regions.append(Region("", (), lead, "", lead_raw))
     for block, nxt in zip(blocks, blocks[1:] + [None]):
-        body = text[block.end : nxt.start if nxt else len(text)]
-        regions.append(Region((block.label or "").strip(), block.boxes, _region_text(body),
-                              text[block.start : block.end], text[block.start : nxt.start if nxt else len(text)]))
+        end = nxt.start if nxt else len(text)
+        regions.append(Region((block.label or "").strip(), block.boxes, _region_text(text[block.end : end]),
+                              text[block.start : block.end], text[block.start : end]))
     return regions
 
 
