@@ -1,0 +1,19 @@
+// After load: record on <body> how many page images decoded and how many grounded boxes have a size on
+// screen, so a headless browser (tests/test_browser.py) or a person can check the page at a glance.
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.querySelectorAll("img.scan"));
+  var loaded = images.filter(function (img) { return img.complete && img.naturalWidth > 0; });
+  var rects = Array.prototype.slice.call(document.querySelectorAll("svg.boxes rect"));
+  var drawn = rects.filter(function (r) { var b = r.getBoundingClientRect(); return b.width > 0 && b.height > 0; });
+  var body = document.body;
+  body.dataset.imagesTotal = images.length;
+  body.dataset.imagesLoaded = loaded.length;
+  body.dataset.boxesTotal = rects.length;
+  body.dataset.boxesDrawn = drawn.length;
+  body.dataset.checked = "1";
+  var note = document.getElementById("check");
+  if (note) {
+    note.textContent = loaded.length + " of " + images.length + " page images shown" +
+      (rects.length ? ", " + drawn.length + " of " + rects.length + " boxes drawn" : "");
+  }
+});
