@@ -189,7 +189,7 @@ def to_json(c: Comparison) -> dict[str, Any]:
 
 
 # --- HTML ---------------------------------------------------------------------------------------------
-_TOKEN_RE = re.compile(r"\S+\s*|\s+")
+_TOKEN_RE = re.compile(r"<[^<>]{0,80}>\s*|[^\s<]+\s*|\s+|<")     # words and tags (table cells diff apart)
 
 
 def diff_html(a: str, b: str) -> tuple[str, str]:

@@ -10,6 +10,10 @@ window.addEventListener("load", function () {
   body.dataset.imagesLoaded = loaded.length;
   body.dataset.boxesTotal = rects.length;
   body.dataset.boxesDrawn = drawn.length;
+  if (images.length) {
+    var r = images[0].getBoundingClientRect();     // where the first page image is, for screenshot checks
+    body.dataset.firstScan = [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height].map(Math.round).join(",");
+  }
   body.dataset.checked = "1";
   var note = document.getElementById("check");
   if (note) {
