@@ -153,3 +153,10 @@ def test_dolma_reads_markdown_only_outputs(tmp_path):
     [pdf] = read_run(out)
     doc = dolma.document(pdf, "test", "2026-01-01")
     assert doc["text"] == "First page.\n\nThird page." and doc["metadata"]["pdf_page_numbers"] == [[0, 11, 1], [13, 24, 3]]
+
+
+def test_the_schema_in_the_docs_is_the_schema_in_the_package():
+    from conftest import ROOT
+    docs = (ROOT / "docs" / "output.md").read_text(encoding="utf-8")
+    shown = docs.split("## Schema", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    assert json.loads(shown) == SCHEMA
