@@ -224,9 +224,12 @@ def html_report(c: Comparison, a: dict[str, PdfOutput], b: dict[str, PdfOutput],
     body += [f"<tr><td>{html.escape(k)}</td><td>{s['pages']}</td><td>{_fmt(s['mean'])}</td><td>{_fmt(s['p5'])}</td>"
              f"<td>{s['below']}</td></tr>" for k, s in c.pdfs.items()]
     body.append("</table></header><main>")
+    shown = [s for s in c.pages[:worst] if s.score < 1.0]     # identical pages have nothing to show
+    if not shown:
+        body.append("<p>No page differs.</p>")
     images: dict[str, PageImages] = {}
     try:
-        for s in c.pages[:worst]:
+        for s in shown:
             src = (a.get(s.pdf) or b.get(s.pdf))
             if s.pdf not in images:
                 images[s.pdf] = PageImages(src.source if src else None, dpi)
@@ -275,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         write_atomic(args.json, json_text(to_json(c), indent=1) + "\n")
     if args.html:
-        names = (args.out_a.name or str(args.out_a), args.out_b.name or str(args.out_b))
+        names = (str(args.out_a), str(args.out_b))
         write_atomic(args.html, html_report(c, {o.key: o for o in a}, {o.key: o for o in b}, names,
                                             args.worst, args.dpi))
         print(f"HTML report: {args.html}")
