@@ -12,7 +12,7 @@ import pymupdf
 
 from .grounding import parse_regions, to_pixels
 from .records import PageResult, PageStatus
-from .render import page_zoom
+from .render import PdfError, open_pdf, page_zoom
 from .store import json_text, write_atomic
 
 FORMAT = "deepseek-ocr-runner/pages"
@@ -87,6 +87,22 @@ def write_pages_jsonl(md_path: Path, header: dict[str, Any], results: Iterable[P
     path = jsonl_path(md_path)
     write_atomic(path, jsonl_text(header, results, grounded=grounded, image_sizes=image_sizes))
     return path
+
+
+def image_sizes(source: Path, pages: Iterable[int], dpi: int, max_pixels: int) -> tuple[int | None, dict]:
+    """(the PDF's page count, {page: rendered size}) read from the PDF without rendering; pages that do not
+    load are left out, and a PDF that no longer opens gives (None, {})."""
+    try:
+        with open_pdf(source) as doc:
+            sizes = {}
+            for page in pages:
+                try:
+                    sizes[page] = page_pixel_size(doc, page, dpi, max_pixels)
+                except Exception:            # a damaged page: its record says so, without a size
+                    continue
+            return doc.page_count, sizes
+    except (PdfError, OSError):
+        return None, {}
 
 
 def read_pages_jsonl(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
