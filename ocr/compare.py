@@ -17,7 +17,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from .grounding import iter_blocks
-from .html_render import PageImages, data_uri, document
+from .html_render import PageImages, data_uri, document, printable
 from .run_outputs import Page, PdfOutput, read_run
 from .store import json_text, write_atomic
 
@@ -113,8 +113,12 @@ class PageScore:
         return 1.0 if s is None else s
 
 
+FAILED = ("failed", "damaged")
+
+
 def score_page(pdf: str, page: int, a: Page | None, b: Page | None) -> PageScore:
-    if a is None or b is None:
+    """A page missing in one run, or failed in one run only, scores 0 (its failure stub is not text)."""
+    if a is None or b is None or (a.status in FAILED) != (b.status in FAILED):
         return PageScore(pdf, page, {p: 0.0 for p in PARTS}, a and a.status, b and b.status)
     pa, pb = split_parts(a.text), split_parts(b.text)
     return PageScore(pdf, page, {p: similarity(pa[p], pb[p]) for p in PARTS}, a.status, b.status)
@@ -141,21 +145,25 @@ class Comparison:
     only_a: list[str]
     only_b: list[str]
     threshold: float
+    failed_both: list[tuple[str, int]]      # pages failed in both runs: nothing to compare, not scored
 
 
 def compare_runs(a: list[PdfOutput], b: list[PdfOutput], threshold: float = 0.9) -> Comparison:
     by_a, by_b = {o.key: o for o in a}, {o.key: o for o in b}
     scores: list[PageScore] = []
     per_pdf: dict[str, dict[str, Any]] = {}
+    failed_both = []
     for key in sorted(by_a.keys() & by_b.keys()):
         pa, pb = by_a[key].pages, by_b[key].pages
-        mine = [score_page(key, n, pa.get(n), pb.get(n)) for n in sorted(pa.keys() | pb.keys())]
+        both = [n for n in pa.keys() & pb.keys() if pa[n].status in FAILED and pb[n].status in FAILED]
+        failed_both += [(key, n) for n in sorted(both)]
+        mine = [score_page(key, n, pa.get(n), pb.get(n)) for n in sorted(pa.keys() | pb.keys()) if n not in both]
         per_pdf[key] = summarize(mine, threshold)
         scores.extend(mine)
     scores.sort(key=lambda s: (s.score, s.pdf, s.page))
     pdfs = dict(sorted(per_pdf.items(), key=lambda kv: (kv[1]["mean"] if kv[1]["mean"] is not None else 1.0, kv[0])))
     return Comparison(scores, pdfs, summarize(scores, threshold), sorted(by_a.keys() - by_b.keys()),
-                      sorted(by_b.keys() - by_a.keys()), threshold)
+                      sorted(by_b.keys() - by_a.keys()), threshold, failed_both)
 
 
 def _fmt(v: float | None) -> str:
@@ -168,6 +176,9 @@ def summary_lines(c: Comparison, worst: int) -> list[str]:
              f"{_fmt(r['p5'])}, {r['below']} pages below {c.threshold}"]
     if r["pages"]:
         lines.append("by part (mean): " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["parts_mean"].items()))
+    if c.failed_both:
+        lines.append(f"failed in both runs, not scored ({len(c.failed_both)}): "
+                     + ", ".join(f"{k} page {n}" for k, n in c.failed_both[:10]) + (" ..." if len(c.failed_both) > 10 else ""))
     for side, keys in (("A", c.only_a), ("B", c.only_b)):
         if keys:
             lines.append(f"only in {side} ({len(keys)}): " + ", ".join(keys[:10]) + (" ..." if len(keys) > 10 else ""))
@@ -177,13 +188,15 @@ def summary_lines(c: Comparison, worst: int) -> list[str]:
     if c.pages:
         lines.append("worst pages (all, text, tables, headings):")
         for s in c.pages[:worst]:
-            missing = " (missing in A)" if s.status_a is None else " (missing in B)" if s.status_b is None else ""
+            missing = (" (missing in A)" if s.status_a is None else " (missing in B)" if s.status_b is None else
+                       f" ({s.status_a} in A)" if s.status_a in FAILED else f" ({s.status_b} in B)" if s.status_b in FAILED else "")
             lines.append(f"  {'  '.join(_fmt(s.scores[p]) for p in PARTS)}  {s.pdf} page {s.page}{missing}")
     return lines
 
 
 def to_json(c: Comparison) -> dict[str, Any]:
     return {"threshold": c.threshold, "run": c.run, "pdfs": c.pdfs, "only_a": c.only_a, "only_b": c.only_b,
+            "failed_both": [{"pdf": k, "page": n} for k, n in c.failed_both],
             "pages": [{"pdf": s.pdf, "page": s.page, "scores": s.scores, "status_a": s.status_a,
                        "status_b": s.status_b} for s in c.pages]}
 
@@ -274,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no Markdown outputs in {args.out_a if not a else args.out_b}", file=sys.stderr)
         return 2
     c = compare_runs(a, b, args.threshold)
-    print("\n".join(summary_lines(c, args.worst)))
+    print(printable("\n".join(summary_lines(c, args.worst))))
     if args.json:
         write_atomic(args.json, json_text(to_json(c), indent=1) + "\n")
     if args.html:

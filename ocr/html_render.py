@@ -157,13 +157,18 @@ class PageImages:
             self.doc.close()
 
 
+def printable(text: str) -> str:
+    """Text safe to write as UTF-8: a file name that is not valid UTF-8 (lone surrogates) shows '?' there."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def asset(name: str) -> str:
     return (ASSETS / name).read_text(encoding="utf-8")
 
 
 def document(title: str, body: str) -> str:
     """One self-contained HTML file: the shared style and check script inlined, no outside references."""
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width\"><title>{html.escape(title)}</title>"
-            f"<style>{asset('page.css')}</style></head>\n<body>\n{body}\n"
-            f"<script>{asset('check.js')}</script>\n</body></html>\n")
+    return printable("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                     f"<meta name=\"viewport\" content=\"width=device-width\"><title>{html.escape(title)}</title>"
+                     f"<style>{asset('page.css')}</style></head>\n<body>\n{body}\n"
+                     f"<script>{asset('check.js')}</script>\n</body></html>\n")

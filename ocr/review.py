@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .grounding import parse_regions
-from .html_render import PageImages, boxes_svg, data_uri, document, markdown_html, regions_html
+from .html_render import PageImages, boxes_svg, data_uri, document, markdown_html, printable, regions_html
 from .pages import PageSpecError, parse_spec
 from .run_outputs import Page, PdfOutput, read_run
 from .store import write_atomic
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             images.close()
         note = f" (no page images: {images.error})" if images.error else ""
-        print(f"{path}: {len(pages)} pages, {sum(bool(flags(pdf.pages[n])) for n in pages)} flagged{note}")
+        print(printable(f"{path}: {len(pages)} pages, {sum(bool(flags(pdf.pages[n])) for n in pages)} flagged{note}"))
     return 0
 
 

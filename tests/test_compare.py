@@ -78,6 +78,17 @@ def test_run_statistics_and_missing_pages():
     assert c.run["mean"] == pytest.approx((1.0 + 12 / 13 + 0.0) / 3, abs=1e-4)
 
 
+def test_failed_pages_are_not_scored_as_text():
+    stub = "[[Page 2 failed: the model returned no text]]"
+    a = [PdfOutput("a.md", None, None, None, None, "clean", {1: Page(1, "ok", "text"), 2: Page(2, "failed", stub),
+                                                            3: Page(3, "ok", "three")}, None, False)]
+    b = [PdfOutput("a.md", None, None, None, None, "clean", {1: Page(1, "ok", "text"), 2: Page(2, "failed", stub),
+                                                            3: Page(3, "failed", stub)}, None, False)]
+    c = compare.compare_runs(a, b)
+    assert c.failed_both == [("a.md", 2)] and [(s.page, s.score) for s in c.pages] == [(3, 0.0), (1, 1.0)]
+    assert "  a.md page 3 (failed in B)" in "\n".join(compare.summary_lines(c, 5))
+
+
 def test_diff_marks_only_the_changed_words():
     da, db = compare.diff_html("the cat sat <here>", "the dog sat <here>")
     assert da == "the <del>cat </del>sat &lt;here&gt;" and db == "the <ins>dog </ins>sat &lt;here&gt;"

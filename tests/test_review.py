@@ -118,3 +118,14 @@ def test_review_of_a_clean_run_without_its_pdfs(tmp_path, capsys):
     assert "<h1>Title</h1>" in page and "<td>1</td>" in page and "<svg" not in page
     assert review.main([str(out), "missing.pdf"]) == 2
     assert "no output for missing.pdf" in capsys.readouterr().err
+
+
+def test_review_of_an_output_whose_name_is_not_utf8(tmp_path, capsys):
+    import os
+    out = tmp_path / "out"
+    out.mkdir()
+    name = os.fsdecode(b"\xc1\xf1\xe8\xf1\xef.md")        # "Άρθρο" in CP1253: not valid UTF-8
+    (out / name).write_text("Κείμενο.\n", encoding="utf-8")
+    assert review.main([str(out)]) == 0
+    [page] = (out / "review").iterdir()
+    assert "Κείμενο." in page.read_text(encoding="utf-8")
