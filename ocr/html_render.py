@@ -1,6 +1,6 @@
 """HTML pieces shared by ocr-review and ocr-compare: page images as data URIs, page Markdown rendered
-safely (the model's HTML tables as tables, math and any other markup shown as source), grounded boxes
-as SVG, and one self-contained document around them."""
+safely (the model's HTML tables as tables, math as MathML, any other markup shown as source), grounded
+boxes as SVG, and one self-contained document around them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+from latex2mathml.converter import convert as latex_to_mathml
 from markdown_it import MarkdownIt
 from PIL import Image
 
@@ -25,37 +26,47 @@ _MATH_RE = re.compile(r"\\\((.+?)\\\)|\\\[(.+?)\\\]|\$\$(.+?)\$\$", re.DOTALL)
 _SLOT_RE = re.compile("\ue000(\\d+)\ue001")
 _TABLE_TAGS = {"table", "thead", "tbody", "tfoot", "tr", "td", "th", "caption", "br", "sup", "sub", "b", "i",
                "strong", "em"}
-_VOID = {"br"}
-_SPAN_ATTRS = {"colspan", "rowspan"}
+_MATHML_TAGS = {"math", "mrow", "mi", "mn", "mo", "ms", "mtext", "mspace", "mfrac", "msqrt", "mroot", "msub",
+                "msup", "msubsup", "munder", "mover", "munderover", "mtable", "mtr", "mtd", "mstyle", "mpadded",
+                "mphantom", "menclose", "merror", "semantics"}
+_MATHML_ATTRS = {"xmlns", "display", "mathvariant", "stretchy", "fence", "separator", "lspace", "rspace",
+                 "accent", "accentunder", "columnalign", "columnlines", "rowspacing", "columnspacing",
+                 "displaystyle", "scriptlevel", "width", "height", "depth", "minsize", "maxsize", "movablelimits",
+                 "linethickness", "notation", "symmetric", "largeop", "form"}
 
 
-class _TableSanitizer(HTMLParser):
-    """Rebuilds an HTML table from allowed tags (colspan/rowspan only); everything else becomes escaped text,
-    and tags the model left open are closed, so a broken table cannot break the page around it."""
+class _Sanitizer(HTMLParser):
+    """Rebuilds markup from allowed tags and attributes; everything else becomes escaped text, and tags left
+    open are closed, so a broken table (or a converter's odd output) cannot break the page around it."""
 
-    def __init__(self) -> None:
+    def __init__(self, tags: set[str], keep_attr, self_closing: set[str] | None) -> None:
         super().__init__(convert_charrefs=True)
+        self.tags, self.keep_attr, self.self_closing = tags, keep_attr, self_closing
         self.out: list[str] = []
         self.stack: list[str] = []
 
+    def _open(self, tag: str, attrs: list[tuple[str, str | None]], close: bool) -> None:
+        kept = "".join(f' {k}="{html.escape(v)}"' for k, v in attrs if v is not None and self.keep_attr(k, v))
+        self.out.append(f"<{tag}{kept}{'/' if close else ''}>")
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag not in _TABLE_TAGS:
+        if tag not in self.tags:
             self.out.append(html.escape(self.get_starttag_text() or ""))
             return
-        kept = "".join(f' {k}="{v}"' for k, v in attrs if k in _SPAN_ATTRS and v and v.isdigit())
-        self.out.append(f"<{tag}{kept}>")
-        if tag not in _VOID:
+        void = self.self_closing is not None and tag in self.self_closing
+        self._open(tag, attrs, close=False)
+        if not void:
             self.stack.append(tag)
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _VOID:
-            self.out.append(f"<{tag}>")
+        if tag in self.tags and (self.self_closing is None or tag in self.self_closing):
+            self._open(tag, attrs, close=self.self_closing is None)
         else:
             self.out.append(html.escape(self.get_starttag_text() or ""))
 
     def handle_endtag(self, tag: str) -> None:
         if tag not in self.stack:
-            if tag not in _TABLE_TAGS:
+            if tag not in self.tags:
                 self.out.append(html.escape(f"</{tag}>"))
             return
         while self.stack:
@@ -72,20 +83,40 @@ class _TableSanitizer(HTMLParser):
         return "".join(self.out) + "".join(f"</{t}>" for t in reversed(self.stack))
 
 
-def table_html(fragment: str) -> str:
-    parser = _TableSanitizer()
+def _sanitize(fragment: str, tags: set[str], keep_attr, self_closing: set[str] | None) -> str:
+    parser = _Sanitizer(tags, keep_attr, self_closing)
     parser.feed(fragment)
     return parser.result()
 
 
-def _math_source(m: re.Match[str]) -> str:
+def table_html(fragment: str) -> str:
+    """An HTML table the model wrote, rebuilt from table tags with colspan/rowspan only."""
+    return _sanitize(fragment, _TABLE_TAGS, lambda k, v: k in ("colspan", "rowspan") and v.isdigit(), {"br"})
+
+
+def mathml(latex: str, display: bool) -> str | None:
+    """LaTeX as MathML (browsers draw it natively: nothing to bundle), sanitized; None if it does not convert."""
+    try:
+        converted = latex_to_mathml(latex, display="block" if display else "inline")
+    except Exception:            # the converter's errors have no common base; any failure shows the source
+        return None
+    return _sanitize(converted, _MATHML_TAGS, lambda k, v: k in _MATHML_ATTRS, None)
+
+
+def _math(m: re.Match[str]) -> str:
+    """Math rendered as MathML with its LaTeX source on hover, or the source where it does not convert."""
+    latex = next(g for g in m.groups() if g is not None)
     display = m.group(1) is None
-    return f'<span class="math{" display" if display else ""}">{html.escape(m.group(0))}</span>'
+    rendered = mathml(latex, display)
+    cls = "math display" if display else "math"
+    if rendered is None:
+        return f'<span class="{cls} source">{html.escape(m.group(0))}</span>'
+    return f'<span class="{cls}" title="{html.escape(m.group(0))}">{rendered}</span>'
 
 
 def markdown_html(text: str) -> str:
     """A page's Markdown as HTML: Markdown rendered with raw HTML escaped, HTML tables rebuilt as tables,
-    math shown as its LaTeX source."""
+    math as MathML (its LaTeX source where it does not convert)."""
     slots: list[str] = []
 
     def stash(rendered: str) -> str:
@@ -93,7 +124,7 @@ def markdown_html(text: str) -> str:
         return f"\ue000{len(slots) - 1}\ue001"
 
     text = _TABLE_RE.sub(lambda m: "\n\n" + stash(table_html(m.group(0))) + "\n\n", text)
-    text = _MATH_RE.sub(lambda m: stash(_math_source(m)), text)
+    text = _MATH_RE.sub(lambda m: stash(_math(m)), text)
     rendered = _MD.render(text)
     # a slot alone in a paragraph is a block (a table): unwrap it from the <p> Markdown put around it
     rendered = re.sub("<p>(\ue000\\d+\ue001)</p>", r"\1", rendered)

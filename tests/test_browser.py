@@ -79,13 +79,15 @@ def fixture_text(name: str) -> str:
 
 def test_review_page_in_a_browser(tmp_path, capsys, inline_render):
     out = grounded_run(tmp_path, {1: fixture_text("11_grounded-same-page-as-10-en.txt"),
-                                  2: "<|ref|>title<|/ref|><|det|>[[80, 60, 900, 140]]<|/det|>\n# Άρθρο 5"})
+                                  2: "<|ref|>title<|/ref|><|det|>[[80, 60, 900, 140]]<|/det|>\n# Άρθρο 5\n\n"
+                                     "Rate \\(\\frac{1}{2}\\) and \\[x_1 + x_2\\]"})
     assert review.main([str(out)]) == 0
     page = out / "review" / "doc.html"
     data = body_data(browse(page, tmp_path, "--dump-dom"))
     assert data["checked"] == "1"
     assert data["images-total"] == "2" and data["images-loaded"] == "2"
     assert data["boxes-total"] == "6" and data["boxes-drawn"] == "6"
+    assert data["math-total"] == "2" and data["math-drawn"] == "2"          # MathML drawn by the browser
 
     shot = tmp_path / "shots" / "review.png"
     shot.parent.mkdir()

@@ -10,6 +10,9 @@ window.addEventListener("load", function () {
   body.dataset.imagesLoaded = loaded.length;
   body.dataset.boxesTotal = rects.length;
   body.dataset.boxesDrawn = drawn.length;
+  var maths = Array.prototype.slice.call(document.querySelectorAll("math"));
+  body.dataset.mathTotal = maths.length;
+  body.dataset.mathDrawn = maths.filter(function (m) { return m.getBoundingClientRect().width > 0; }).length;
   if (images.length) {
     var r = images[0].getBoundingClientRect();     // where the first page image is, for screenshot checks
     body.dataset.firstScan = [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height].map(Math.round).join(",");
