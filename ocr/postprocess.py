@@ -1,13 +1,13 @@
 """Turn one page of raw DeepSeek-OCR output into Markdown (`clean`) or tagged Markdown
 (`grounded`), counting every cleaning action. Pure string functions; no engine imports."""
 
-import difflib
 import functools
 import html
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+from ocr import loops
 from ocr.grounding import GROUNDING_TAGS, Block, is_layout_label, iter_blocks
 
 Step = Callable[[str], tuple[str, int]]
@@ -159,18 +159,6 @@ def strip_prompt_echo(text: str) -> tuple[str, int]:
 
 # --- runaway output -------------------------------------------------------------------------
 
-_TOKEN_RE = re.compile(r"\\[A-Za-z]+|[^\W\d_]+|\d+|([^\w\s])\1*")  # a run of one mark is one token
-
-
-def _is_degenerate(segment: str, *, min_tokens: int = 80, max_ratio: float = 0.06) -> bool:
-    """True when a long segment is a short unit repeated: few distinct token trigrams."""
-    tokens = [m.group(0) for m in _TOKEN_RE.finditer(segment)]
-    if len(tokens) < min_tokens:
-        return False
-    trigrams = set(zip(tokens, tokens[1:], tokens[2:]))
-    return len(trigrams) / (len(tokens) - 2) < max_ratio
-
-
 _LATEX_BLOCK_RE = re.compile(
     r"\\begin\{(?P<env>tikzpicture|picture)\}.*?(?P<end>\\end\{(?P=env)\})?(?(end)|\Z)"
     r"|\\\[(?:(?!\\\]).)*(?:\\\]|\Z)|\$\$(?:(?!\$\$).)*(?:\$\$|\Z)",
@@ -191,139 +179,25 @@ def drop_runaway_latex(text: str) -> tuple[str, int]:
         block = m.group(0)
         if m.group("env"):
             drop = (not m.group("end") or len(block) > MAX_TIKZ_CHARS
-                    or _is_degenerate(re.sub(r"\d+", "0", block)))
+                    or loops.is_degenerate(re.sub(r"\d+", "0", block)))
         else:
-            drop = _is_degenerate(block)
+            drop = loops.is_degenerate(block)
         if drop:
             spans.append(m.span())
     return _replace_spans(text, [(a, b, "") for a, b in spans]), len(spans)
 
 
-MIN_DEGENERATE_LINE = 400  # characters
-MIN_LOOP_LINES, MIN_LOOP_CHARS, LOOP_LOOKBACK = 10, 200, 4
-# Loop debris between two stretches of repeats of the same line: up to MAX_GAP_LINES
-# lines of at most MAX_GAP_CHARS, between stretches of MIN_STRETCH+ repeats.
-MAX_GAP_LINES, MAX_GAP_CHARS, MIN_STRETCH = 2, 40, 3
-_TABLE_LINE_RE = re.compile(r"^\s*\||<t[rdh]\b|<table\b", re.IGNORECASE)
-
-
-def _similar(a: str, b: str) -> bool:
-    """Near-identical lines: 80%+ alike both as written and as letters only."""
-    if a == b:
-        return True
-    if len(a) > 300 or len(b) > 300:
-        return False
-    return all(_alike(x, y) for x, y in ((a, b), (_letters(a), _letters(b))))
-
-
-def _alike(a: str, b: str) -> bool:
-    if 2 * min(len(a), len(b)) < 0.8 * (len(a) + len(b)):  # cheap upper bound on ratio()
-        return False
-    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    return matcher.quick_ratio() >= 0.8 and matcher.ratio() >= 0.8
-
-
-def _repeat_stretches(rep: list[bool]) -> list[tuple[int, int]]:
-    """[start, end) stretches of repeated lines."""
-    out, j = [], 0
-    while j < len(rep):
-        if rep[j]:
-            k = j
-            while k < len(rep) and rep[k]:
-                k += 1
-            out.append((j, k))
-            j = k
-        j += 1
-    return out
-
-
-def _loop_spans(keys: list[str | None]) -> list[tuple[int, int]]:
-    """[start, end) spans of key indices that belong to a generation loop (None: a table row)."""
-    rep = [
-        keys[j] is not None and any(
-            keys[k] is not None and _similar(keys[j], keys[k])
-            for k in range(max(0, j - LOOP_LOOKBACK), j)
-        )
-        for j in range(len(keys))
-    ]
-    merged: list[tuple[int, int]] = []
-    for start, end in _repeat_stretches(rep):
-        if merged and _same_loop(keys, merged[-1], (start, end)):
-            merged[-1] = (merged[-1][0], end)
-        else:
-            merged.append((start, end))
-    loops = [
-        (s, e) for s, e in merged
-        if sum(rep[s:e]) >= MIN_LOOP_LINES and sum(len(k or "") for k in keys[s:e]) >= MIN_LOOP_CHARS
-    ]
-    return [_absorb_debris(keys, s, e) for s, e in loops]
-
-
-def _same_loop(keys: list[str | None], prev: tuple[int, int], nxt: tuple[int, int]) -> bool:
-    """Two stretches of repeats split by a little debris, the second repeating the first."""
-    gap = keys[prev[1]:nxt[0]]
-    return (
-        len(gap) <= MAX_GAP_LINES and all(g is not None and len(g) <= MAX_GAP_CHARS for g in gap)
-        and prev[1] - prev[0] >= MIN_STRETCH and nxt[1] - nxt[0] >= MIN_STRETCH
-        and any(_similar(keys[nxt[0]], k) for k in keys[max(prev[0], prev[1] - LOOP_LOOKBACK):prev[1]])
-    )
-
-
-def _words(line: str) -> set[str]:
-    return {w.casefold() for w in re.findall(r"[^\W\d_]+", line)}
-
-
-def _absorb_debris(keys: list[str | None], start: int, end: int) -> tuple[int, int]:
-    """Widen a loop over the lines next to it that use no word the loop does not use.
-
-    Lines with digits but no word, and table rows, are never debris."""
-    vocab = set().union(*(_words(k) for k in keys[start:end] if k))
-
-    def debris(key: str | None) -> bool:
-        if key is None:
-            return False
-        found = _words(key)
-        return found <= vocab if found else not any(ch.isdigit() for ch in key)
-    while start > 0 and debris(keys[start - 1]):
-        start -= 1
-    while end < len(keys) and debris(keys[end]):
-        end += 1
-    return start, end
-
-
-def _untagged(line: str) -> str:
-    """A line without its grounding blocks and tags: what a loop check should compare."""
-    for block in reversed(list(iter_blocks(line))):
-        line = line[:block.start] + line[block.end:]
-    return " ".join(re.sub(r"<\|/?(?:ref|det)\|>", "", line).split())
-
-
 def drop_runaway_lines(text: str) -> tuple[str, int]:
-    """Drop the output of a generation loop.
-
-    Two shapes: one long line that is a short unit repeated (sample 01), and a stretch
-    of MIN_LOOP_LINES+ lines, MIN_LOOP_CHARS+ characters, each near-identical to one of
-    the LOOP_LOOKBACK lines before it, allowing short debris between (samples 01, 22).
-    Adjacent lines made only of the loop's own words (its first copy, its truncated last
-    line) go with it. Lines are compared without grounding tags, so a grounded page of
-    short similar blocks is judged like its clean text; the tag lines inside a loop go
-    with it. Table rows are never part of a loop (numeric rows look alike): the table
-    steps own them.
-    """
-    lines = text.split("\n")
-    keys = [_untagged(line) for line in lines]
-    table = [bool(_TABLE_LINE_RE.search(key)) for key in keys]
-    drop = {
-        i for i, key in enumerate(keys)
-        if len(key) >= MIN_DEGENERATE_LINE and not table[i] and _is_degenerate(key)
-    }
-    content = [i for i, key in enumerate(keys) if key and i not in drop]
-    for start, end in _loop_spans([None if table[i] else keys[i] for i in content]):
-        first = content[start - 1] + 1 if start else 0
-        # from the tag lines after the previous real line to the loop's last line (or the end)
-        last = content[end - 1] if end < len(content) else len(lines) - 1
-        drop.update(i for i in range(first, last + 1) if lines[i].strip())
-    return "\n".join(line for i, line in enumerate(lines) if i not in drop), len(drop)
+    """Drop the output of generation loops (`ocr.loops.find_loops`: repeated units of any length,
+    drifting copies, OCR-2's repeated sentences, long lines that are a short unit repeated), keeping
+    the first genuine copy. Repeated until nothing is left to drop, so one call is idempotent: a loop
+    removed can bring two stretches of repeats together."""
+    total = 0
+    while True:
+        text, n = loops.remove_loops(text)
+        if not n:
+            return text, total
+        total += n
 
 
 # --- grounding tags -------------------------------------------------------------------------

@@ -3,8 +3,9 @@ two tries to keep. Pure functions over the raw engine text; no engine imports.
 
 A page is a runaway when (`verdict`):
 
-- `repeated_lines`: a generation loop, a stretch of 10+ near-identical lines (the loop detector of
-  `ocr.postprocess.drop_runaway_lines`, the same one that later removes it from the Markdown);
+- `repeated_lines`: a generation loop: a unit of 1 to 40 lines repeated (drift tolerated) or a sentence back
+  8+ times between other lines (`ocr.loops.find_loops`, the detector that later removes it from the
+  Markdown: a page whose loop is removed is a runaway page);
 - `repeated_ngrams`: a short unit repeated inside one long line, or a repetitive display-math wall
   (`postprocess._is_degenerate` / `drop_runaway_latex`);
 - `empty`: nothing readable came back (only special tokens, tags or whitespace; no layout box either) -
@@ -36,7 +37,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from . import postprocess
+from . import loops, postprocess
 from .grounding import iter_blocks
 
 REASONS = ("repeated_lines", "repeated_ngrams", "empty", "hit_max_tokens")
@@ -92,19 +93,13 @@ class RetrySampling:
 # --- measures -------------------------------------------------------------------------------------
 
 def loop_lines(text: str) -> int:
-    """Lines the post-processing drops as loop output (10+ near-identical lines, with their debris)."""
-    return postprocess.drop_runaway_lines(text)[1] - _degenerate_lines(text)
+    """Lines the post-processing drops as loop output (`ocr.loops.find_loops`, long degenerate lines aside)."""
+    return loops.find_loops(text).looped
 
 
 def _degenerate_lines(text: str) -> int:
-    """Long non-table lines that are a short unit repeated (drop_runaway_lines' first shape)."""
-    count = 0
-    for line in text.split("\n"):
-        key = postprocess._untagged(line)
-        if (len(key) >= postprocess.MIN_DEGENERATE_LINE and not postprocess._TABLE_LINE_RE.search(key)
-                and postprocess._is_degenerate(key)):
-            count += 1
-    return count
+    """Long lines that are a short unit repeated (one shape of `ocr.loops.find_loops`)."""
+    return loops.find_loops(text).degenerate
 
 
 def ngram_runs(text: str) -> int:
@@ -128,7 +123,7 @@ def is_empty(text: str) -> bool:
 
 def distinct_words(text: str) -> int:
     """Distinct words (letters or digits, case-folded) outside tags, loop output removed."""
-    kept, _ = postprocess.drop_runaway_lines(text)
+    kept, _ = loops.remove_loops(text)
     return len(set(_WORD_RE.findall(_visible(kept).casefold())))
 
 

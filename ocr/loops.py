@@ -1,0 +1,274 @@
+"""The one loop detector of a page of model output, shared by the clean-up (ocr.postprocess) and the
+runaway verdict (ocr.runaway). Pure functions; linear in the text (see `find_loops`)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from rapidfuzz import fuzz, process
+
+from .grounding import iter_blocks
+
+# --- thresholds (the why of each in find_loops' docstring) -----------------------------------------
+MAX_PERIOD = 40               # lines per repeated unit
+WINDOW = 48                   # recent lines (same digits) a new line is compared with
+SIMILAR = 80                  # rapidfuzz ratio (0-100) for near-duplicate lines
+MAX_FUZZY_CHARS = 2000        # longer lines are matched exactly only (keeps each comparison bounded)
+MIN_REPEATED_LINES = 10       # lines repeating the unit (the first copy not counted)
+MIN_COPIES = 4                # copies of a unit of 2+ lines
+MIN_LOOP_CHARS = 120          # characters in the repeated lines
+MAX_GAP = 2                   # drifted lines in a row inside a loop
+MIN_MATCH_SHARE = 0.7         # share of a loop's lines that repeat the unit exactly or nearly
+MIN_SENTENCE_RUNS = 8         # DeepSeek-OCR-2's repeated sentence: back this many times
+MIN_SENTENCE_CHARS, MIN_SENTENCE_WORDS = 30, 5
+MIN_DEGENERATE_LINE = 400     # characters: one line that is a short unit repeated
+MAX_DEBRIS_AFTER = 2          # lines of loop debris taken after a sound loop's last copy
+
+_TOKEN_RE = re.compile(r"\\[A-Za-z]+|[^\W\d_]+|\d+|([^\w\s])\1*")  # a run of one mark is one token
+_WORD_RE = re.compile(r"[^\W\d_]+")
+_DIGITS_RE = re.compile(r"\d+")
+_NORM_DROP_RE = re.compile(r"[\s*_~`]+")    # whitespace and emphasis marks: "**due**", "d ue" = "due"
+_HTML_TAG_RE = re.compile(r"</?[A-Za-z][^<>\n]*>")
+_STRAY_TAG_RE = re.compile(r"<\|/?(?:ref|det)\|>")
+TABLE_LINE_RE = re.compile(r"^\s*\||<t[rdh]\b|<table\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Loop:
+    """One loop: `kind` "block" (a unit of `period` lines repeated) or "sentence" (one line back
+    MIN_SENTENCE_RUNS+ times between others); `first` the content line where its kept copy starts
+    (-1: junk, no copy kept); `removed` the content lines it removes."""
+    kind: str
+    period: int
+    first: int
+    removed: int
+
+
+@dataclass(frozen=True)
+class Loops:
+    """What `find_loops` found: `drop`, the indices of text.split("\\n") to remove; `degenerate`, the
+    long lines that are a short unit repeated; `looped`, the other non-blank lines removed."""
+    drop: frozenset[int]
+    degenerate: int
+    looped: int
+    loops: tuple[Loop, ...]
+
+
+def is_degenerate(segment: str, *, min_tokens: int = 80, max_ratio: float = 0.06) -> bool:
+    """True when a long segment is a short unit repeated: few distinct token trigrams. O(len)."""
+    tokens = [m.group(0) for m in _TOKEN_RE.finditer(segment)]
+    if len(tokens) < min_tokens:
+        return False
+    trigrams = set(zip(tokens, tokens[1:], tokens[2:]))
+    return len(trigrams) / (len(tokens) - 2) < max_ratio
+
+
+def untagged(line: str) -> str:
+    """A line without its grounding blocks and tags, whitespace collapsed: what loop checks compare."""
+    if "<|" in line:
+        pieces, pos = [], 0
+        for block in iter_blocks(line):
+            pieces.append(line[pos:block.start])
+            pos = block.end
+        line = _STRAY_TAG_RE.sub("", "".join(pieces) + line[pos:])
+    return " ".join(line.split())
+
+
+def words(key: str) -> set[str]:
+    return {w.casefold() for w in _WORD_RE.findall(key)}
+
+
+def _is_junk(key: str) -> bool:
+    """A line no page holds: no letter or digit outside HTML tags (`<pre> <pre></pre>`, `=====`), or
+    one word written twice or more and nothing else (`overline[[overline][||`)."""
+    visible = _HTML_TAG_RE.sub("", key)
+    if not any(ch.isalnum() for ch in visible):
+        return True
+    found = [w.casefold() for w in _WORD_RE.findall(visible)]
+    return len(found) >= 2 and len(set(found)) == 1 and not any(ch.isdigit() for ch in visible)
+
+
+class _Lines:
+    """The page's lines with what the detector needs of each content line (non-blank after tags)."""
+
+    def __init__(self, text: str):
+        self.lines = text.split("\n")
+        keys = [untagged(line) for line in self.lines]
+        self.degenerate = [i for i, k in enumerate(keys) if len(k) >= MIN_DEGENERATE_LINE and is_degenerate(k)]
+        skip = set(self.degenerate)
+        self.index = [i for i, k in enumerate(keys) if k and i not in skip]   # content line -> line
+        self.content = set(self.index)
+        self.keys = [keys[i] for i in self.index]
+        self.table = [bool(TABLE_LINE_RE.search(k)) for k in self.keys]
+        self.norms = [_NORM_DROP_RE.sub("", k).casefold() for k in self.keys]
+        self.ids = self._cluster()
+        self.lens = np.array([len(k) for k in self.keys], dtype=np.int64)
+
+    def _cluster(self) -> np.ndarray:
+        """One id per content line; near-duplicates share it. A line takes the id of an earlier line
+        with the same normalised text, else of the most similar of the WINDOW latest lines with the
+        same digits (numbers are never drift: "Figure 1" and "Figure 2" are two lines), else a new
+        one. Table rows match exactly only (rows of numbers look alike)."""
+        exact: dict[str, int] = {}
+        recent: dict[str, deque[tuple[str, int]]] = {}
+        ids = np.empty(len(self.keys), dtype=np.int64)
+        for j, norm in enumerate(self.norms):
+            found = exact.get(norm)
+            if found is None and not self.table[j] and len(norm) <= MAX_FUZZY_CHARS:
+                digits = " ".join(_DIGITS_RE.findall(norm))
+                bucket = recent.setdefault(digits, deque(maxlen=WINDOW))
+                if bucket:
+                    best = process.extractOne(norm, [n for n, _ in bucket], scorer=fuzz.ratio,
+                                              score_cutoff=SIMILAR)
+                    if best is not None:
+                        found = bucket[best[2]][1]
+                bucket.append((norm, len(exact) if found is None else found))
+            if found is None:
+                found = len(exact)
+            exact.setdefault(norm, found)
+            ids[j] = found
+        return ids
+
+
+def _block_loops(page: _Lines, claimed: np.ndarray) -> list[tuple[int, int, int]]:
+    """(period, first repeated content line, last) of each unit of 1..MAX_PERIOD lines repeated.
+
+    For each period p, line j "repeats" when it has the id of line j - p; a loop is a stretch of
+    such lines with at most MAX_GAP drifted lines in a row. Periods are tried shortest first and a
+    stretch mostly inside an earlier loop is skipped, so a loop is reported once, at its own period.
+    Cost: MAX_PERIOD vectorised passes over the ids."""
+    ids, n, found = page.ids, len(page.ids), []
+    for p in range(1, min(MAX_PERIOD, n - 1) + 1):
+        need = max(MIN_REPEATED_LINES, (MIN_COPIES - 1) * p)
+        pos = np.flatnonzero(ids[p:] == ids[:-p]) + p          # content lines repeating line j - p
+        if len(pos) < need:
+            continue
+        step = np.diff(pos)
+        # across a gap of drifted lines the stretch goes on only with the unit it had before the gap
+        after = pos[1:]
+        before = after - -(-step // p) * p                     # same place in the unit, before the gap
+        same = ids[after] == ids[np.maximum(before, 0)]
+        starts = np.concatenate(([0], np.flatnonzero((step > MAX_GAP + 1) | ((step > 1) & ~same)) + 1))
+        ends = np.concatenate((starts[1:], [len(pos)]))
+        for s, e in zip(starts[ends - starts >= need], ends[ends - starts >= need]):
+            seg = pos[s:e]
+            first, last = int(seg[0]), int(seg[-1])
+            if (len(seg) < MIN_MATCH_SHARE * (last - first + 1) or int(page.lens[seg].sum()) < MIN_LOOP_CHARS
+                    or claimed[first:last + 1].mean() > 0.5
+                    or (p > 1 and len(set(ids[first - p:first].tolist())) < 2)):
+                continue
+            claimed[first - p:last + 1] = True
+            found.append((p, first, last))
+    return found
+
+
+def _sentence_loops(page: _Lines, claimed: np.ndarray) -> list[list[int]]:
+    """The later copies of each sentence (equal once normalised) back MIN_SENTENCE_RUNS+ times; copies
+    right after a copy count once (back-to-back repeats are the block rule's: 9 in a row are content)."""
+    where: dict[str, list[int]] = {}
+    for j, norm in enumerate(page.norms):
+        if not claimed[j] and not page.table[j] and len(norm) >= MIN_SENTENCE_CHARS:
+            where.setdefault(norm, []).append(j)
+    out = []
+    for norm, at in where.items():
+        if len(at) < MIN_SENTENCE_RUNS or len(_WORD_RE.findall(page.keys[at[0]])) < MIN_SENTENCE_WORDS:
+            continue
+        runs = 1 + sum(1 for a, b in zip(at, at[1:]) if b != a + 1)
+        if runs >= MIN_SENTENCE_RUNS:
+            out.append(at[1:])
+    return out
+
+
+def _debris(page: _Lines, j: int, vocab: set[str]) -> bool:
+    """Loop debris: a line using no word the loop does not use; with no word, no digit either.
+    Table rows are never debris."""
+    key = page.keys[j]
+    if page.table[j]:
+        return False
+    found = words(key)
+    return found <= vocab if found else not any(ch.isdigit() for ch in key)
+
+
+def _widen(page: _Lines, lo: int, hi: int, junk: bool, claimed: np.ndarray) -> tuple[int, int]:
+    """A junk loop takes the debris on both sides; a sound one at most MAX_DEBRIS_AFTER lines after."""
+    vocab = set().union(*(words(page.keys[j]) for j in range(lo, hi + 1)))
+    n = len(page.keys)
+    if junk:
+        while lo > 0 and not claimed[lo - 1] and _debris(page, lo - 1, vocab):
+            lo -= 1
+    limit = n if junk else min(n, hi + 1 + MAX_DEBRIS_AFTER)
+    while hi + 1 < limit and not claimed[hi + 1] and _debris(page, hi + 1, vocab):
+        hi += 1
+    return lo, hi
+
+
+def _junk_share(page: _Lines, lo: int, hi: int) -> float:
+    return sum(_is_junk(page.keys[j]) for j in range(lo, hi + 1)) / (hi - lo + 1)
+
+
+@functools.lru_cache(maxsize=16)
+def find_loops(text: str) -> Loops:
+    """Every generation loop of a page, and the lines that go with it.
+
+    Shapes: a unit of 1 to MAX_PERIOD lines repeated (a 5-line matrix 100 times, a receipt's 4-line
+    totals block 4 times, one sentence 11+ times), its copies drifting a little (near-duplicates by
+    rapidfuzz ratio >= SIMILAR after dropping case, whitespace and emphasis marks); a sentence of
+    MIN_SENTENCE_WORDS+ words back MIN_SENTENCE_RUNS+ times between other lines (DeepSeek-OCR-2); a long
+    line that is a short unit repeated. The first copy of a unit is kept with its grounding block,
+    the later ones go with theirs - unless the unit is junk (`_is_junk`: markup, one word over and
+    over), when every copy goes, with the debris around it. A unit needs MIN_REPEATED_LINES repeated
+    lines (a form's field label 10 times is content) and MIN_COPIES copies, and MIN_LOOP_CHARS
+    characters of repeats.
+
+    Linear: each line is normalised once and compared with at most WINDOW earlier lines by rapidfuzz
+    (C, bit-parallel, each comparison bounded by MAX_FUZZY_CHARS); the period search is MAX_PERIOD
+    numpy passes over the line ids; the sentence count is one dict pass.
+    """
+    page = _Lines(text)
+    n = len(page.keys)
+    claimed = np.zeros(n, dtype=bool)
+    removed = np.zeros(n, dtype=bool)
+    loops = []
+    for period, first, last in _block_loops(page, claimed):
+        junk = _junk_share(page, first - period, last) >= 0.5
+        lo, hi = _widen(page, first - period if junk else first, last, junk, claimed)
+        claimed[lo:hi + 1] = True
+        removed[lo:hi + 1] = True
+        loops.append(Loop("block", period, -1 if junk else first - period, hi - lo + 1))
+    for copies in _sentence_loops(page, claimed):
+        removed[copies] = True
+        loops.append(Loop("sentence", 1, copies[0], len(copies)))
+    drop = set(page.degenerate)
+    looped = _lines_of(page, np.flatnonzero(removed).tolist(), drop)
+    return Loops(frozenset(drop), len(page.degenerate), looped, tuple(loops))
+
+
+def _lines_of(page: _Lines, content: list[int], drop: set[int]) -> int:
+    """Add to `drop` the lines of the removed content lines: each with the non-blank lines right
+    above it (its grounding block), and, after the page's last content line, the rest of the page
+    (a block cut off at --max-tokens). Returns how many non-blank lines that adds."""
+    before = len(drop)
+    lines = page.lines
+    for j in content:
+        i = page.index[j]
+        drop.add(i)
+        k = i - 1
+        while k >= 0 and lines[k].strip() and k not in drop and k not in page.content:
+            drop.add(k)
+            k -= 1
+    if content and content[-1] == len(page.index) - 1:
+        drop.update(i for i in range(page.index[-1] + 1, len(lines)) if lines[i].strip())
+    return len(drop) - before
+
+
+def remove_loops(text: str) -> tuple[str, int]:
+    """The text without its loops (`find_loops`), and the non-blank lines removed."""
+    found = find_loops(text)
+    if not found.drop:
+        return text, 0
+    lines = text.split("\n")   # every line in drop is non-blank
+    return "\n".join(line for i, line in enumerate(lines) if i not in found.drop), len(found.drop)
