@@ -31,7 +31,8 @@ MAX_DEBRIS_AFTER = 2          # lines of loop debris taken after a sound loop's 
 _TOKEN_RE = re.compile(r"\\[A-Za-z]+|[^\W\d_]+|\d+|([^\w\s])\1*")  # a run of one mark is one token
 _WORD_RE = re.compile(r"[^\W\d_]+")
 _DIGITS_RE = re.compile(r"\d+")
-_NORM_DROP_RE = re.compile(r"[\s*_~`]+")    # whitespace and emphasis marks: "**due**", "d ue" = "due"
+_ANY_DIGIT_RE = re.compile(r"\d")
+_NORM_DROP = str.maketrans("", "", " *_~`")   # spaces and emphasis marks: "**due**", "d ue" = "due"
 _HTML_TAG_RE = re.compile(r"</?[A-Za-z][^<>\n]*>")
 _STRAY_TAG_RE = re.compile(r"<\|/?(?:ref|det)\|>")
 TABLE_LINE_RE = re.compile(r"^\s*\||<t[rdh]\b|<table\b", re.IGNORECASE)
@@ -104,7 +105,7 @@ class _Lines:
         self.content = set(self.index)
         self.keys = [keys[i] for i in self.index]
         self.table = [bool(TABLE_LINE_RE.search(k)) for k in self.keys]
-        self.norms = [_NORM_DROP_RE.sub("", k).casefold() for k in self.keys]
+        self.norms = [k.translate(_NORM_DROP).casefold() for k in self.keys]  # keys: one space between words
         self.ids = self._cluster()
         self.lens = np.array([len(k) for k in self.keys], dtype=np.int64)
 
@@ -114,19 +115,19 @@ class _Lines:
         same digits (numbers are never drift: "Figure 1" and "Figure 2" are two lines), else a new
         one. Table rows match exactly only (rows of numbers look alike)."""
         exact: dict[str, int] = {}
-        recent: dict[str, deque[tuple[str, int]]] = {}
+        recent: dict[str, tuple[deque[str], deque[int]]] = {}
         ids = np.empty(len(self.keys), dtype=np.int64)
         for j, norm in enumerate(self.norms):
             found = exact.get(norm)
             if found is None and not self.table[j] and len(norm) <= MAX_FUZZY_CHARS:
-                digits = " ".join(_DIGITS_RE.findall(norm))
-                bucket = recent.setdefault(digits, deque(maxlen=WINDOW))
-                if bucket:
-                    best = process.extractOne(norm, [n for n, _ in bucket], scorer=fuzz.ratio,
-                                              score_cutoff=SIMILAR)
+                digits = " ".join(_DIGITS_RE.findall(norm)) if _ANY_DIGIT_RE.search(norm) else ""
+                norms, owners = recent.setdefault(digits, (deque(maxlen=WINDOW), deque(maxlen=WINDOW)))
+                if norms:
+                    best = process.extractOne(norm, norms, scorer=fuzz.ratio, score_cutoff=SIMILAR)
                     if best is not None:
-                        found = bucket[best[2]][1]
-                bucket.append((norm, len(exact) if found is None else found))
+                        found = owners[best[2]]
+                norms.append(norm)
+                owners.append(len(exact) if found is None else found)
             if found is None:
                 found = len(exact)
             exact.setdefault(norm, found)

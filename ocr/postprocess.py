@@ -1,6 +1,7 @@
 """Turn one page of raw DeepSeek-OCR output into Markdown (`clean`) or tagged Markdown
 (`grounded`), counting every cleaning action. Pure string functions; no engine imports."""
 
+import bisect
 import functools
 import html
 import re
@@ -37,14 +38,31 @@ MODES = ("clean", "grounded")
 def _replace_spans(text: str, edits: Sequence[tuple[int, int, str]]) -> str:
     """Apply sorted, non-overlapping (start, end, new) edits; a line that only held
     deleted spans is removed with its newline, so deletions leave no blank residue."""
-    mark = next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in text)
-    out, pos = [], 0
+    if not edits:
+        return text
+    pieces: list[str | None] = []           # None: a deleted span
+    pos = 0
     for start, end, new in edits:
-        out += [text[pos:start], new or mark]
+        pieces += [text[pos:start], new or None]
         pos = end
-    joined = "".join(out) + text[pos:]
-    blank_line = re.compile(rf"^[ \t]*{mark}(?:[ \t]*{mark})*[ \t]*(?:\n|\Z)", re.MULTILINE)
-    return blank_line.sub("", joined).replace(mark, "")
+    pieces.append(text[pos:])
+    out: list[str] = []
+    line: list[str] = []                    # the output line being built
+    deleted = False
+    for piece in pieces:
+        if piece is None:
+            deleted = True
+            continue
+        *done, rest = piece.split("\n")
+        for part in done:                   # a line ends inside this piece
+            line.append(part)
+            if not (deleted and not "".join(line).strip(" \t")):
+                out.append("".join(line) + "\n")
+            line, deleted = [], False
+        line.append(rest)
+    if not (deleted and not "".join(line).strip(" \t")):
+        out.append("".join(line))
+    return "".join(out)
 
 
 def _sub(pattern: re.Pattern[str], repl: Callable[[re.Match[str]], str | None],
@@ -85,28 +103,33 @@ _DEBUG_LINE_RE = re.compile(
     r"|Setting `pad_token_id` to `eos_token_id`:\d+ for open-end generation\."
 )
 _RULER_RE = re.compile(r"={5,}")
+_DEBUG_HINTS = ("torch.Size", "image size", "valid image tokens", "output texts tokens", "compression ratio",
+                "save results", "Setting `pad_token_id`")   # substring search first: the regex is slow
 
 
 def strip_debug_lines(text: str) -> tuple[str, int]:
     """Drop the lines HF `model.infer()` prints around the text in stdout captures.
 
     A bare `=====` ruler is dropped only next to such a line, so a Markdown setext
-    heading underline survives.
+    heading underline survives: a run of rulers goes when the line before or after it is one.
     """
+    if not any(hint in text for hint in _DEBUG_HINTS):
+        return text, 0
     lines = text.split("\n")
     debug = [bool(_DEBUG_LINE_RE.fullmatch(line.strip())) for line in lines]
     ruler = [bool(_RULER_RE.fullmatch(line.strip())) for line in lines]
     drop = list(debug)
-    for i in range(len(lines)):
-        if ruler[i]:
-            # a ruler joins the debug cluster it touches, through other rulers
-            j = i - 1
-            while j >= 0 and ruler[j]:
-                j -= 1
-            k = i + 1
-            while k < len(lines) and ruler[k]:
-                k += 1
-            drop[i] = (j >= 0 and debug[j]) or (k < len(lines) and debug[k])
+    i = 0
+    while i < len(lines):
+        if not ruler[i]:
+            i += 1
+            continue
+        k = i
+        while k < len(lines) and ruler[k]:
+            k += 1
+        if (i > 0 and debug[i - 1]) or (k < len(lines) and debug[k]):
+            drop[i:k] = [True] * (k - i)
+        i = k
     kept = [line for line, d in zip(lines, drop) if not d]
     return "\n".join(kept), sum(drop)
 
@@ -234,7 +257,7 @@ def strip_grounding(text: str) -> tuple[str, int]:
 
 _BOX = r"\[\s*\d+\s*,\s*\d+\s*,\s*\d+\s*,\s*\d+\s*\]"
 _BOX_PREFIX_RE = re.compile(
-    rf"^[ \t]*(?P<label>[a-z]+(?:_[a-z]+)*)?[ \t]*\[{_BOX}(?:\s*,\s*{_BOX})*\][ \t]*(?P<nl>\n?)",
+    rf"^[ \t]*(?:(?P<label>[a-z]+(?:_[a-z]+)*)[ \t]*)?\[{_BOX}(?:\s*,\s*{_BOX})*\][ \t]*(?P<nl>\n?)",
     re.MULTILINE,
 )
 
@@ -266,11 +289,13 @@ def drop_dangling_tags(text: str) -> tuple[str, int]:
     text, count = _rewrite_blocks(
         text, lambda b: None if b.has_det and (b.det_closed or b.boxes) else _label_text(b)
     )
-    spans = [(b.start, b.end) for b in iter_blocks(text)]
-    edits = [
-        (m.start(), m.end(), "") for m in _STRAY_TAG_RE.finditer(text)
-        if not any(s <= m.start() < e for s, e in spans)
-    ]
+    blocks = list(iter_blocks(text))
+    starts = [b.start for b in blocks]
+
+    def inside(pos: int) -> bool:
+        k = bisect.bisect_right(starts, pos) - 1
+        return k >= 0 and pos < blocks[k].end
+    edits = [(m.start(), m.end(), "") for m in _STRAY_TAG_RE.finditer(text) if not inside(m.start())]
     return _replace_spans(text, edits), count + len(edits)
 
 
@@ -300,8 +325,43 @@ def drop_invented_captions(text: str) -> tuple[str, int]:
 
 # --- tables ---------------------------------------------------------------------------------
 
-_HTML_TABLE_RE = re.compile(r"<table\b[^>]*>.*?</table\s*>", re.DOTALL | re.IGNORECASE)
-_CELL_RE = re.compile(r"(<(t[dh])\b[^>]*>)(.*?)(</\2\s*>)", re.DOTALL | re.IGNORECASE)
+_TABLE_TAG_RE = re.compile(r"<table\b[^>]*>|</table\s*>", re.IGNORECASE)
+_CELL_TAG_RE = re.compile(r"<(t[dh])\b[^>]*>|</(t[dh])\s*>", re.IGNORECASE)
+
+
+def _html_tables(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each `<table ...>` up to the first `</table>` after it; an opening tag inside
+    one belongs to it, one never closed starts nothing (the non-greedy regex's matches, in one scan:
+    the regex took quadratic time on runaway `<table><tr><td>` output)."""
+    spans, start = [], None
+    for m in _TABLE_TAG_RE.finditer(text):
+        if not m.group(0).startswith("</"):
+            start = m.start() if start is None else start
+        elif start is not None:
+            spans.append((start, m.end()))
+            start = None
+    return spans
+
+
+def _html_cells(table: str) -> list[tuple[int, int, int, int]]:
+    r"""(open start, content start, content end, close end) of each cell: an opening `<td>`/`<th>` up to
+    the first closing tag of its name after it, as `(<(t[dh])\b[^>]*>)(.*?)(</\2\s*>)` would match,
+    in linear time (closing tags are looked up from a right-to-left pass)."""
+    tags = list(_CELL_TAG_RE.finditer(table))
+    next_close: list[dict[str, re.Match[str]]] = [{}] * (len(tags) + 1)
+    for k in range(len(tags) - 1, -1, -1):
+        close = tags[k].group(2)
+        next_close[k] = {**next_close[k + 1], close.lower(): tags[k]} if close else next_close[k + 1]
+    cells, pos = [], 0
+    for k, m in enumerate(tags):
+        if m.group(1) and m.start() >= pos:
+            close = next_close[k + 1].get(m.group(1).lower())
+            if close is not None:
+                cells.append((m.start(), m.end(), close.start(), close.end()))
+                pos = close.end()
+    return cells
+
+
 _FORMATTING_TAG_RE = re.compile(
     r"</?(?:br|b|i|u|em|strong|span|p|center)\b[^<>]*>", re.IGNORECASE
 )
@@ -321,17 +381,17 @@ def is_placeholder(cell: str) -> bool:
 
 def _map_html_cells(text: str, fn: Callable[[str], str | None]) -> tuple[str, int]:
     """Rewrite HTML table cells: fn(content) gives the new content or None to keep it."""
-    def cell(m: re.Match[str]) -> str | None:
-        new = fn(m.group(3))
-        return None if new is None else m.group(1) + new + m.group(4)
-    count = 0
-
-    def table(m: re.Match[str]) -> str:
-        nonlocal count
-        new, n = _sub(_CELL_RE, cell, m.group(0))
-        count += n
-        return new
-    return _HTML_TABLE_RE.sub(table, text), count
+    edits = []
+    for t_start, t_end in _html_tables(text):
+        for _, c_start, c_end, _ in _html_cells(text[t_start:t_end]):
+            new = fn(text[t_start + c_start:t_start + c_end])
+            if new is not None:
+                edits.append((t_start + c_start, t_start + c_end, new))
+    out, pos = [], 0
+    for start, end, new in edits:
+        out += [text[pos:start], new]
+        pos = end
+    return "".join(out) + text[pos:], len(edits)
 
 
 _PIPE_SPLIT_RE = re.compile(r"(?<!\\)\|")
@@ -374,6 +434,8 @@ def _data_rows(lines: list[str], table: range) -> list[int]:
 
 
 def _map_pipe_cells(text: str, fn: Callable[[str], str | None]) -> tuple[str, int]:
+    if "|" not in text:
+        return text, 0
     lines, count = text.split("\n"), 0
     for table in _pipe_tables(lines):
         for i in _data_rows(lines, table):
@@ -414,6 +476,8 @@ def drop_empty_rows(text: str) -> tuple[str, int]:
 
     HTML rows stay: with rowspan/colspan an empty row can carry the table's shape.
     """
+    if "|" not in text:
+        return text, 0
     lines = text.split("\n")
     drop = set()
     for table in _pipe_tables(lines):
@@ -427,10 +491,12 @@ def drop_empty_rows(text: str) -> tuple[str, int]:
 def drop_empty_tables(text: str) -> tuple[str, int]:
     """Drop HTML and pipe tables in which no cell has content."""
     edits = [
-        (m.start(), m.end(), "") for m in _HTML_TABLE_RE.finditer(text)
-        if not any(_cell_text(c.group(3)) for c in _CELL_RE.finditer(m.group(0)))
+        (start, end, "") for start, end in _html_tables(text)
+        if not any(_cell_text(text[start + a:start + b]) for _, a, b, _ in _html_cells(text[start:end]))
     ]
     text, count = _replace_spans(text, edits), len(edits)
+    if "|" not in text:
+        return text, count
     lines = text.split("\n")
     drop = set()
     for table in _pipe_tables(lines):
@@ -452,6 +518,9 @@ _HYPHEN_RE = re.compile(
 )
 
 
+_HYPHEN_HINT_RE = re.compile(r"[-\u00ad\u2010][ \t]*\n")
+
+
 def join_hyphenation(text: str) -> tuple[str, int]:
     """Join a word split by a hyphen at a line end: "infor-\\nmation" -> "information".
 
@@ -467,6 +536,8 @@ def join_hyphenation(text: str) -> tuple[str, int]:
         rest = m.string[m.end():m.end() + 1]
         end = "\n" if m.group("space") is not None and rest not in ("", "\n") else ""
         return m.group("left") + m.group("right") + end
+    if not _HYPHEN_HINT_RE.search(text):
+        return text, 0
     # "a-\nb-\nc" takes two passes: the first join consumes the "b"
     return _until_stable(lambda t: _sub(_HYPHEN_RE, join, t), text)
 
@@ -488,6 +559,8 @@ def link_footnotes(text: str) -> tuple[str, int]:
     bracket or a 1-2 letter word it is an exponent and stays (`x<sup>2</sup>`,
     `cm<sup>3</sup>`, `(a+b)<sup>2</sup>`); math and code are never touched.
     """
+    if "<sup>" not in text:
+        return text, 0
     text, defs = _FOOTNOTE_DEF_RE.subn(r"\1[^\2]: ", text)
 
     def ref(m: re.Match[str]) -> str | None:
@@ -560,9 +633,15 @@ def _steps(mode: str, special_tokens: Sequence[str]) -> list[tuple[str, Step]]:
 def _finish(text: str) -> str:
     """Whitespace only, so not counted: no leading blank lines, no trailing whitespace on
     a line before a blank line or the end (a hard break there means nothing), one final
-    newline."""
-    text = re.sub(r"\A(?:[ \t]*\n)+", "", text)
-    text = re.sub(r"[ \t]+(?=\n[ \t]*\n)|^[ \t]+$", "", text.rstrip(), flags=re.MULTILINE)
+    newline. Line by line: the regex for this took quadratic time on a long run of spaces."""
+    lines = text.rstrip().split("\n")
+    blank = [not line.strip(" \t") for line in lines]
+    start = next((i for i, b in enumerate(blank) if not b), len(lines))
+    out = [
+        "" if blank[i] else lines[i].rstrip(" \t") if i + 1 == len(lines) or blank[i + 1] else lines[i]
+        for i in range(start, len(lines))
+    ]
+    text = "\n".join(out)
     return text + "\n" if text else ""
 
 
@@ -574,12 +653,13 @@ def process_page(
     counts: Counter[str] = Counter()
     text = raw
     for _ in range(MAX_ROUNDS):  # a later step can expose work for an earlier one
-        before = text
+        before, changed = text, 0
         for name, step in steps:
             text, n = step(text)
             counts[name] += n
+            changed += n
         text = _finish(text)
-        if text == before:
+        if text == before or not changed:   # only whitespace moved: no step has new work
             break
     return text, {name: counts[name] for name in COUNTER_NAMES if counts[name]}
 
