@@ -29,12 +29,14 @@ _BLOCK_RE = re.compile(
 )
 # At most 9 digits: int() of a huge digit run would raise (and no real box needs more).
 _BOX_RE = re.compile(r"\[\s*(\d{1,9})\s*,\s*(\d{1,9})\s*,\s*(\d{1,9})\s*,\s*(\d{1,9})\s*\]")
+_ANY_BOX_RE = re.compile(r"\[\s*\d+\s*,\s*\d+\s*,\s*\d+\s*,\s*\d+\s*\]")
+MAX_COORD = 999               # DeepSeek-OCR writes coordinates as int(v / 999 * 1000)-style 0-999 values
 _STRAY_CLOSE_RE = re.compile(r"<\|/(?:ref|det)\|>")
 
 
 @dataclass(frozen=True)
 class Region:
-    """One grounded block: its label, its boxes (0-999 normalised) and the text after it.
+    """One grounded block: its label, its valid boxes (0-999 normalised, `valid_boxes`) and the text after it.
     `head` and `raw` are the block and the whole region as the model wrote them (malformed or not)."""
 
     label: str
@@ -55,8 +57,9 @@ class Block:
     has_det: bool
     det_closed: bool
     gap: str  # whitespace between <|/ref|> and <|det|> (the official regex rejects any)
-    boxes: tuple[Box, ...]
+    boxes: tuple[Box, ...]  # the valid ones (`valid_boxes`)
     coords: str  # the text between <|det|> and <|/det|>, or the partial coordinates
+    dropped_boxes: int = 0  # complete boxes that are not valid
 
     @property
     def well_formed(self) -> bool:
@@ -64,7 +67,7 @@ class Block:
 
     def canonical(self) -> str:
         """The block as the model writes it when nothing went wrong."""
-        coords = self.coords if self.det_closed else format_boxes(self.boxes)
+        coords = self.coords if self.det_closed and not self.dropped_boxes else format_boxes(self.boxes)
         ref = "" if self.label is None else f"{REF_OPEN}{self.label}{REF_CLOSE}"
         return f"{ref}{DET_OPEN}{coords}{DET_CLOSE}"
 
@@ -76,10 +79,39 @@ def is_layout_label(label: str) -> bool:
 
 
 def parse_boxes(coords: str) -> tuple[Box, ...]:
-    """Every complete `[x1, y1, x2, y2]` in a det payload; incomplete ones are skipped."""
+    """Every complete `[x1, y1, x2, y2]` in a det payload as written, in range or not; incomplete ones are
+    skipped. What may be used as a box is `valid_boxes`."""
     return tuple(
         (int(a), int(b), int(c), int(d)) for a, b, c, d in _BOX_RE.findall(coords)
     )
+
+
+def valid_boxes(coords: str) -> tuple[tuple[Box, ...], int]:
+    """The boxes of a det payload that can be on the page, and how many complete ones were not.
+
+    Dropped, not clamped: a coordinate above MAX_COORD (or of 10+ digits) or an inverted box
+    (x1 > x2 or y1 > y2) means the model lost its place, and a clamped `[[1100, 50, 400, 80]]`
+    would crop a part of the page it never pointed at. An empty box (x1 == x2 or y1 == y2, in
+    range: sample 15's `[[0, 0, 997, 0]]`) is valid here, as the model wrote it, but not `usable`
+    for a crop or a figure link.
+    """
+    boxes, dropped = [], 0
+    for m in _ANY_BOX_RE.finditer(coords):
+        values = re.findall(r"\d+", m.group(0))
+        if any(len(v) > 3 for v in values):
+            dropped += 1
+            continue
+        x1, y1, x2, y2 = map(int, values)
+        if max(x1, y1, x2, y2) > MAX_COORD or x1 > x2 or y1 > y2:
+            dropped += 1
+        else:
+            boxes.append((x1, y1, x2, y2))
+    return tuple(boxes), dropped
+
+
+def usable(boxes: tuple[Box, ...]) -> tuple[Box, ...]:
+    """The boxes with an area: the only ones crops and figure links use."""
+    return tuple(b for b in boxes if b[0] < b[2] and b[1] < b[3])
 
 
 def format_boxes(boxes: tuple[Box, ...]) -> str:
@@ -91,6 +123,7 @@ def iter_blocks(text: str) -> Iterator[Block]:
     for m in _BLOCK_RE.finditer(text):
         has_det = m.group("gap") is not None
         coords = m.group("coords") if m.group("det_close") else (m.group("partial") or "")
+        boxes, dropped = valid_boxes(coords) if has_det else ((), 0)
         yield Block(
             start=m.start(),
             end=m.end(),
@@ -99,8 +132,9 @@ def iter_blocks(text: str) -> Iterator[Block]:
             has_det=has_det,
             det_closed=m.group("det_close") is not None,
             gap=m.group("gap") or "",
-            boxes=parse_boxes(coords) if has_det else (),
+            boxes=boxes,
             coords=coords,
+            dropped_boxes=dropped,
         )
 
 

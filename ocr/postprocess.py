@@ -23,7 +23,7 @@ DEFAULT_SPECIAL_TOKENS = (
     "<|grounding|>", *GROUNDING_TAGS,
 )
 COUNTER_NAMES: tuple[str, ...] = (
-    "debug_lines_removed", "special_tokens_stripped", "prompt_echoes_removed",
+    "surrogates_replaced", "control_chars_removed", "boxes_dropped", "debug_lines_removed", "special_tokens_stripped", "prompt_echoes_removed",
     "latex_blocks_dropped", "runaway_lines_dropped", "grounding_blocks_removed",
     "box_prefixes_removed", "grounding_blocks_repaired", "dangling_tags_closed",
     "dangling_tags_dropped", "captions_removed", "placeholder_cells_pruned",
@@ -92,6 +92,22 @@ def _until_stable(step: Step, text: str) -> tuple[str, int]:
 
 def _letters(s: str) -> str:
     return "".join(ch for ch in s if ch.isalpha())
+
+
+# --- characters no file can hold ---------------------------------------------------------
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f]")     # C0 controls but tab and newline
+
+
+def replace_surrogates(text: str) -> tuple[str, int]:
+    """Lone surrogates (a UTF-16 half, which UTF-8 cannot encode) become U+FFFD."""
+    return _SURROGATE_RE.subn("\ufffd", text)
+
+
+def remove_controls(text: str) -> tuple[str, int]:
+    """NUL and the other C0 controls except tab and newline go (a carriage return too)."""
+    return _CONTROL_RE.subn("", text)
 
 
 # --- stdout debug lines, special tokens, prompt echoes ------------------------------------
@@ -297,6 +313,17 @@ def drop_dangling_tags(text: str) -> tuple[str, int]:
         return k >= 0 and pos < blocks[k].end
     edits = [(m.start(), m.end(), "") for m in _STRAY_TAG_RE.finditer(text) if not inside(m.start())]
     return _replace_spans(text, edits), count + len(edits)
+
+
+def drop_invalid_boxes(text: str) -> tuple[str, int]:
+    """Grounded mode: remove the boxes that cannot be on the page (`grounding.valid_boxes`: past 0-999,
+    inverted); a block left with none goes, keeping recognised text from its ref. Counts boxes."""
+    edits, count = [], 0
+    for block in iter_blocks(text):
+        if block.dropped_boxes:
+            count += block.dropped_boxes
+            edits.append((block.start, block.end, block.canonical() if block.boxes else _label_text(block)))
+    return _replace_spans(text, edits), count
 
 
 def normalize_blocks(text: str) -> tuple[str, int]:
@@ -594,6 +621,7 @@ _CLEAN_GROUNDING: tuple[tuple[str, Step], ...] = (
     ("box_prefixes_removed", strip_box_prefixes),
 )
 _GROUNDED_REPAIR: tuple[tuple[str, Step], ...] = (
+    ("boxes_dropped", drop_invalid_boxes),
     ("dangling_tags_closed", close_dangling_blocks),
     ("dangling_tags_dropped", drop_dangling_tags),
     ("grounding_blocks_repaired", normalize_blocks),
@@ -619,6 +647,8 @@ def _steps(mode: str, special_tokens: Sequence[str]) -> list[tuple[str, Step]]:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     tokens = tuple(special_tokens)
     head: list[tuple[str, Step]] = [
+        ("surrogates_replaced", replace_surrogates),
+        ("control_chars_removed", remove_controls),
         ("debug_lines_removed", strip_debug_lines),
         ("special_tokens_stripped", lambda t: strip_special_tokens(t, tokens)),
         ("prompt_echoes_removed", strip_prompt_echo),

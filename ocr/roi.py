@@ -35,7 +35,7 @@ from typing import Iterable, Sequence
 
 from PIL import Image
 
-from .grounding import Box, Region, parse_regions, to_pixels
+from .grounding import Box, Region, parse_regions, to_pixels, usable
 from .runaway import is_empty, verdict
 
 ROI_LABELS = ("table", "title", "sub_title", "text", "image")
@@ -90,10 +90,11 @@ def plan_crops(grounded_text: str, image: Image.Image, *, labels: Iterable[str] 
     width, height = image.size
     crops, taken = [], 0
     for order, region in enumerate(parse_regions(grounded_text)):
-        if not region.boxes:
+        boxes = usable(region.boxes)          # never an impossible or empty box (grounding.valid_boxes)
+        if not boxes:
             crops.append(Crop(region.label, None, None, order, region))
             continue
-        x1, y1, x2, y2 = to_pixels(_union(region.boxes), width, height)
+        x1, y1, x2, y2 = to_pixels(_union(boxes), width, height)
         big_enough = x2 - x1 >= MIN_CROP_PX and y2 - y1 >= MIN_CROP_PX
         box = _with_margin((x1, y1, x2, y2), width, height)
         if region.label not in wanted or not big_enough:

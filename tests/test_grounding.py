@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ocr.grounding import (
-    Region, format_boxes, is_layout_label, iter_blocks, parse_boxes, parse_regions, to_pixels,
+    Region, format_boxes, is_layout_label, iter_blocks, parse_boxes, parse_regions, to_pixels, usable,
+    valid_boxes,
 )
 
 BLOCK = "<|ref|>{label}<|/ref|><|det|>{coords}<|/det|>"
@@ -139,7 +140,9 @@ def test_block_canonical_closes_a_cut_off_det() -> None:
 
 
 coordinate = st.integers(0, 999)
-box_st = st.tuples(coordinate, coordinate, coordinate, coordinate)
+raw_box_st = st.tuples(coordinate, coordinate, coordinate, coordinate)
+# valid boxes (x1 <= x2, y1 <= y2): inverted ones are dropped since issue 17 (test_invalid_boxes_never_reach_regions)
+box_st = raw_box_st.map(lambda b: (min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])))
 label_st = st.sampled_from(["title", "sub_title", "text", "table", "image", "image_caption"])
 body_st = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="<|>"), max_size=40
@@ -179,3 +182,40 @@ def test_parse_regions_never_raises_on_tag_soup(text: str) -> None:
 def test_to_pixels_stays_inside_the_image_and_ordered(box, width, height) -> None:
     x1, y1, x2, y2 = to_pixels(box, width, height)
     assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+
+
+# --- invalid boxes (issue 17): dropped, never a region's box ----------------------------------------
+
+@pytest.mark.parametrize(
+    ("coords", "valid", "dropped"),
+    [
+        ("[[1, 2, 3, 4]]", ((1, 2, 3, 4),), 0),
+        ("[[1100, 50, 400, 80]]", (), 1),                       # x1 > 999 and x1 > x2
+        ("[[10, 50, 400, 1000]]", (), 1),                       # y2 past the grid
+        ("[[900, 800, 100, 200], [5, 6, 7, 8]]", ((5, 6, 7, 8),), 1),   # inverted
+        ("[[0, 0, 997, 0]]", ((0, 0, 997, 0),), 0),             # empty: valid, not usable
+        ("[[" + "9" * 5000 + ", 1, 2, 3]]", (), 1),
+        ("[[1, 2, 3", (), 0),                                    # incomplete: not a box at all
+    ],
+)
+def test_valid_boxes(coords: str, valid: tuple, dropped: int) -> None:
+    assert valid_boxes(coords) == (valid, dropped)
+
+
+def test_usable_boxes_have_an_area() -> None:
+    assert usable(((0, 0, 997, 0), (5, 5, 5, 9), (1, 2, 3, 4))) == ((1, 2, 3, 4),)
+
+
+def test_a_block_with_an_impossible_box_is_rewritten_without_it() -> None:
+    (found,) = iter_blocks("<|ref|>image<|/ref|><|det|>[[1100, 50, 400, 80], [10, 20, 30, 40]]<|/det|>")
+    assert found.boxes == ((10, 20, 30, 40),) and found.dropped_boxes == 1
+    assert found.canonical() == "<|ref|>image<|/ref|><|det|>[[10, 20, 30, 40]]<|/det|>"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(label_st, st.lists(st.tuples(*[st.integers(0, 1500)] * 4), min_size=1, max_size=3)),
+                max_size=6))
+def test_invalid_boxes_never_reach_regions(regions) -> None:
+    text = "\n\n".join(block(label, *boxes) + "\nbody" for label, boxes in regions)
+    for region in parse_regions(text):
+        assert all(max(b) <= 999 and b[0] <= b[2] and b[1] <= b[3] for b in region.boxes)
