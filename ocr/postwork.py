@@ -1,0 +1,205 @@
+"""Post-processing and the runaway verdict beside the control loop, in worker processes with a time limit:
+a slow or failing page never delays the next engine step, and never stops the run.
+
+Processes, not threads: the work is `re` and Python code that holds the GIL (a quadratic regex holds it
+for its whole call), so a thread would stall the control loop as long as the page takes, and a hung
+thread cannot be stopped. bench/postprocess_bench.py --beside measures both. A process past its time
+limit is killed and replaced; its page keeps the raw text with the meta tokens stripped (`fallback_page`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from . import postprocess
+from .finish import finish_page
+from .grounding import GROUNDING_TAGS, is_layout_label
+from .records import EngineOutput, PageResult, PageStatus
+from .runaway import verdict
+
+FAILED_COUNTER = "postprocess_failed"     # the clean-up raised: raw text kept
+TIMEOUT_COUNTER = "postprocess_timeout"   # the clean-up ran past its time limit: raw text kept
+DEFAULT_TIMEOUT_S = 20.0                  # 200 KB of the worst input takes < 1 s (bench/postprocess_bench.py)
+
+
+@dataclass(frozen=True)
+class Done:
+    """A finished job: its `value`, or `error` (why it has none: the exception, a timeout, a dead worker)."""
+    key: Hashable
+    value: Any = None
+    error: str | None = None
+    timed_out: bool = False
+    seconds: float = 0.0
+
+
+def _serve(conn: Connection, parent_pid: int) -> None:
+    """A worker: run each (key, fn, args) it is sent and send back (key, ok, value or error text)."""
+    def watch() -> None:                   # end with the runner, even when it is SIGKILLed
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)
+    threading.Thread(target=watch, daemon=True).start()
+    conn.send("ready")                     # the time limit starts with the job, not with the import
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        key, fn, args = job
+        try:
+            conn.send((key, True, fn(*args)))
+        except Exception as exc:            # the job's failure is the page's, never the worker's
+            conn.send((key, False, f"{type(exc).__name__}: {exc}"))
+
+
+class _Worker:
+    def __init__(self, ctx: Any):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, os.getpid()), daemon=True, name="postwork")
+        self.process.start()
+        child.close()
+        self.job: tuple[Hashable, float] | None = None     # (key, started) while busy
+        self.ready = False
+
+    def is_ready(self) -> bool:
+        if not self.ready:
+            try:
+                self.ready = self.conn.poll() and self.conn.recv() == "ready"
+            except (EOFError, OSError):
+                return False
+        return self.ready
+
+    def stop(self, kill: bool = False) -> None:
+        try:
+            if kill:
+                self.process.kill()
+            else:
+                self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self.conn.close()
+
+
+class PostWorkers:
+    """n worker processes; `submit` queues a job, `poll` returns the jobs done (or failed, or past
+    timeout_s, their worker killed and replaced) without waiting, `close` ends the workers."""
+
+    def __init__(self, n: int, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self._ctx = multiprocessing.get_context("spawn")   # the parent may hold CUDA and vLLM threads
+        self._timeout = timeout_s
+        self._workers = [_Worker(self._ctx) for _ in range(max(1, n))]
+        self._queue: deque[tuple[Hashable, Callable, tuple]] = deque()
+
+    def submit(self, key: Hashable, fn: Callable, *args: Any) -> None:
+        """Queue fn(*args) (fn: a module-level function, args picklable) under key."""
+        self._queue.append((key, fn, args))
+        self._dispatch()
+
+    def pending(self) -> int:
+        return len(self._queue) + sum(w.job is not None for w in self._workers)
+
+    def poll(self, wait_s: float = 0.0) -> list[Done]:
+        """The jobs finished since the last poll; waits up to wait_s for the first one when none is."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            done = [d for i in range(len(self._workers)) if (d := self._check(i)) is not None]
+            self._dispatch()
+            if done or time.monotonic() >= deadline or not self.pending():
+                return done
+            time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+
+    def _check(self, i: int) -> Done | None:
+        worker = self._workers[i]
+        if worker.job is None:
+            return None
+        key, started = worker.job
+        elapsed = time.monotonic() - started
+        try:
+            if worker.conn.poll():
+                got_key, ok, value = worker.conn.recv()
+                worker.job = None
+                return Done(got_key, value, None, seconds=elapsed) if ok else Done(got_key, None, value,
+                                                                                  seconds=elapsed)
+        except (EOFError, OSError):
+            pass
+        if worker.process.is_alive() and elapsed <= self._timeout:
+            return None
+        timed_out = worker.process.is_alive()
+        worker.stop(kill=True)
+        self._workers[i] = _Worker(self._ctx)
+        why = f"post-processing ran past {self._timeout:g} s" if timed_out else "the post-processing process died"
+        return Done(key, None, why, timed_out=timed_out, seconds=elapsed)
+
+    def _dispatch(self) -> None:
+        for worker in self._workers:
+            if not self._queue:
+                return
+            if worker.job is None and worker.is_ready():
+                key, fn, args = self._queue.popleft()
+                worker.conn.send((key, fn, args))
+                worker.job = (key, time.monotonic())
+
+    def close(self) -> None:
+        for worker in self._workers:
+            worker.stop(kill=worker.job is not None)
+        self._queue.clear()
+
+    def __enter__(self) -> PostWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- the jobs and the fallback -----------------------------------------------------------------------
+
+def finish_job(out: EngineOutput, mode: str, special_tokens: Sequence[str], greek_repair: str) -> PageResult:
+    """`finish.finish_page` in a worker."""
+    return finish_page(out, mode=mode, special_tokens=special_tokens, greek_repair=greek_repair)
+
+
+def verdict_job(text: str, finish_reason: str | None, max_tokens: int) -> Any:
+    """`runaway.verdict` in a worker (a Runaway or None)."""
+    return verdict(text, finish_reason, max_tokens)
+
+
+# bounded repeats: one linear pass each, whatever the text
+_FALLBACK_REF_RE = re.compile(r"<\|ref\|>((?:(?!<\|).){0,300})<\|/ref\|>", re.DOTALL)
+_FALLBACK_DET_RE = re.compile(r"<\|det\|>[\d\s,\[\]]{0,4000}(?:<\|/det\|>)?")
+
+
+def fallback_text(raw: str, mode: str, special_tokens: Sequence[str] = ()) -> str:
+    """The raw text with meta tokens stripped, writable (surrogates, controls), grounding tags gone in
+    clean mode: only steps that are one linear pass each, so this never hangs."""
+    text, _ = postprocess.strip_special_tokens(raw, special_tokens)
+    text, _ = postprocess.replace_surrogates(text)
+    text, _ = postprocess.remove_controls(text)
+    if mode == "clean":
+        text = _FALLBACK_REF_RE.sub(lambda m: "" if is_layout_label(m.group(1)) else m.group(1), text)
+        text = _FALLBACK_DET_RE.sub("", text)
+        for tag in GROUNDING_TAGS:
+            text = text.replace(tag, "")
+    return text.strip()
+
+
+def fallback_page(out: EngineOutput, done: Done, mode: str, special_tokens: Sequence[str] = ()) -> PageResult:
+    """The page when its post-processing failed or timed out: the raw text, meta tokens stripped; a
+    counter says why (`done.error` is for the log). The page counts as read: the run goes on."""
+    counter = TIMEOUT_COUNTER if done.timed_out else FAILED_COUNTER
+    return PageResult(page=out.key.page, status=PageStatus.OK, text=fallback_text(out.text, mode, special_tokens),
+                      tokens=out.tokens, finish_reason=out.finish_reason, counters={counter: 1})
