@@ -127,12 +127,57 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return best
 
 
+def _stall_while(work_done: Callable[[], bool], begin: Callable[[], object] = lambda: None,
+                 limit_s: float = 120.0) -> float:
+    """The longest gap between two ticks of a 1 ms loop on this thread (a control loop) from begin() until
+    work_done() (begin is timed too: a thread holding the GIL can stall Thread.start itself)."""
+    worst, last, end = 0.0, time.perf_counter(), time.perf_counter() + limit_s
+    begin()
+    while not work_done() and time.perf_counter() < end:
+        time.sleep(0.001)
+        now = time.perf_counter()
+        worst, last = max(worst, now - last), now
+    return worst
+
+
+def beside(texts: list[str]) -> dict[str, float]:
+    """The control loop's worst stall while the pages are post-processed by a thread, then by PostWorkers."""
+    import threading
+
+    from ocr.postwork import PostWorkers, finish_job
+    from ocr.records import EngineOutput, PageKey
+
+    outs = [EngineOutput(PageKey(0, i + 1), t, 0, "stop") for i, t in enumerate(texts)]
+    thread = threading.Thread(target=lambda: [postprocess.process_page(o.text, mode="clean") for o in outs])
+    start = time.perf_counter()
+    thread_stall = _stall_while(lambda: not thread.is_alive(), thread.start)
+    thread_s = time.perf_counter() - start
+    # one long `re` call, as a quadratic or backtracking pattern makes: it holds the GIL for its whole run
+    import re
+    slow = threading.Thread(target=lambda: re.match(r"(?:a|aa)+$", "a" * 32 + "b"))
+    long_call_stall = _stall_while(lambda: not slow.is_alive(), slow.start)
+    with PostWorkers(2, timeout_s=60) as workers:
+        workers.submit("warm", finish_job, outs[0], "clean", (), "off")
+        while not workers.poll(wait_s=0.5):
+            pass
+        got: list = []
+        start = time.perf_counter()
+        process_stall = _stall_while(lambda: got.extend(workers.poll()) or len(got) == len(outs),
+                                     lambda: [workers.submit(o.key, finish_job, o, "clean", (), "off") for o in outs])
+        process_s = time.perf_counter() - start
+    return {"thread_worst_stall_s": thread_stall, "thread_total_s": thread_s,
+            "thread_one_long_re_call_stall_s": long_call_stall,
+            "process_worst_stall_s": process_stall, "process_total_s": process_s}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--scale", type=float, default=1.0, help="shrink every input (quick runs)")
     ap.add_argument("--only", action="append", default=[], help="run only inputs whose name contains this")
     ap.add_argument("--repeat", type=int, default=1, help="best of N runs")
+    ap.add_argument("--beside", action="store_true",
+                    help="also measure the control loop's worst stall with the clean-up in a thread vs PostWorkers")
     args = ap.parse_args()
     rows = []
     print(f"{'input':<28} {'KB':>7} {'clean s':>8} {'grounded s':>10} {'verdict s':>9}")
@@ -150,8 +195,14 @@ def main() -> None:
     worst = max((max(r["clean"], r["grounded"], r["verdict"]) for r in rows), default=0.0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"worst {worst:.3f} s; load average {load:.2f} on {os.cpu_count()} CPUs; Python {platform.python_version()}")
+    stalls = {}
+    if args.beside:
+        made = inputs(args.scale)
+        stalls = beside([made[n]() for n in ("loop_matrix_block_200KB", "ordinary_grounded_200KB",
+                                             "loop_overline_lines_200KB", "blank_lines_200KB")])
+        print("beside the control loop (4 pages of 200 KB): " + ", ".join(f"{k} {v:.3f}" for k, v in stalls.items()))
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "worst_s": worst, "load_average": load,
+        args.json.write_text(json.dumps({"rows": rows, "worst_s": worst, "beside": stalls, "load_average": load,
                                          "cpus": os.cpu_count(), "python": platform.python_version()},
                                         indent=1) + "\n")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import re
 import threading
 import time
@@ -71,6 +72,23 @@ class _Worker:
         child.close()
         self.job: tuple[Hashable, float] | None = None     # (key, started) while busy
         self.ready = False
+        # sends go through a thread: a 200 KB page fills the pipe, and the control loop must not wait
+        # for the worker to be scheduled to read it (0.2 s measured on a loaded 2-core machine)
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._send_all, daemon=True, name="postwork-send").start()
+
+    def _send_all(self) -> None:
+        while True:
+            job = self._outbox.get()
+            try:
+                self.conn.send(job)             # None: the worker's signal to end
+            except (OSError, ValueError):       # the worker was killed: its job is reported by _check
+                return
+            if job is None:
+                return
+
+    def send(self, job: tuple) -> None:
+        self._outbox.put(job)
 
     def is_ready(self) -> bool:
         if not self.ready:
@@ -81,13 +99,9 @@ class _Worker:
         return self.ready
 
     def stop(self, kill: bool = False) -> None:
-        try:
-            if kill:
-                self.process.kill()
-            else:
-                self.conn.send(None)
-        except (OSError, ValueError):
-            pass
+        if kill:
+            self.process.kill()
+        self._outbox.put(None)                  # ends the sender thread, and the worker if alive
         self.process.join(timeout=5)
         if self.process.is_alive():
             self.process.kill()
@@ -151,7 +165,7 @@ class PostWorkers:
                 return
             if worker.job is None and worker.is_ready():
                 key, fn, args = self._queue.popleft()
-                worker.conn.send((key, fn, args))
+                worker.send((key, fn, args))
                 worker.job = (key, time.monotonic())
 
     def close(self) -> None:
