@@ -90,10 +90,6 @@ def _until_stable(step: Step, text: str) -> tuple[str, int]:
         total += n
 
 
-def _letters(s: str) -> str:
-    return "".join(ch for ch in s if ch.isalpha())
-
-
 # --- characters no file can hold ---------------------------------------------------------
 
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
