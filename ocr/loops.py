@@ -27,6 +27,7 @@ MIN_SENTENCE_RUNS = 8         # DeepSeek-OCR-2's repeated sentence: back this ma
 MIN_SENTENCE_CHARS, MIN_SENTENCE_WORDS = 30, 5
 MIN_DEGENERATE_LINE = 400     # characters: one line that is a short unit repeated
 MAX_DEBRIS_AFTER = 2          # lines of loop debris taken after a sound loop's last copy
+SAMPLE_HEAD, SAMPLE_TAIL = 200, 50   # lines of a loop that decide junk and vocabulary
 
 _TOKEN_RE = re.compile(r"\\[A-Za-z]+|[^\W\d_]+|\d+|([^\w\s])\1*")  # a run of one mark is one token
 _WORD_RE = re.compile(r"[^\W\d_]+")
@@ -61,6 +62,8 @@ class Loops:
 
 def is_degenerate(segment: str, *, min_tokens: int = 80, max_ratio: float = 0.06) -> bool:
     """True when a long segment is a short unit repeated: few distinct token trigrams. O(len)."""
+    if len(segment) < min_tokens:          # a token is a character at least
+        return False
     tokens = [m.group(0) for m in _TOKEN_RE.finditer(segment)]
     if len(tokens) < min_tokens:
         return False
@@ -194,9 +197,15 @@ def _debris(page: _Lines, j: int, vocab: set[str]) -> bool:
     return found <= vocab if found else not any(ch.isdigit() for ch in key)
 
 
+def _sample(lo: int, hi: int) -> list[int]:
+    """The lines of a loop that stand for it: its first SAMPLE_HEAD and last SAMPLE_TAIL (bounded work)."""
+    return list(range(lo, min(hi, lo + SAMPLE_HEAD) + 1)) + list(range(max(lo + SAMPLE_HEAD + 1, hi - SAMPLE_TAIL),
+                                                                     hi + 1))
+
+
 def _widen(page: _Lines, lo: int, hi: int, junk: bool, claimed: np.ndarray) -> tuple[int, int]:
     """A junk loop takes the debris on both sides; a sound one at most MAX_DEBRIS_AFTER lines after."""
-    vocab = set().union(*(words(page.keys[j]) for j in range(lo, hi + 1)))
+    vocab = set().union(*(words(page.keys[j]) for j in _sample(lo, hi)))
     n = len(page.keys)
     if junk:
         while lo > 0 and not claimed[lo - 1] and _debris(page, lo - 1, vocab):
@@ -208,7 +217,8 @@ def _widen(page: _Lines, lo: int, hi: int, junk: bool, claimed: np.ndarray) -> t
 
 
 def _junk_share(page: _Lines, lo: int, hi: int) -> float:
-    return sum(_is_junk(page.keys[j]) for j in range(lo, hi + 1)) / (hi - lo + 1)
+    sample = _sample(lo, hi)
+    return sum(_is_junk(page.keys[j]) for j in sample) / len(sample)
 
 
 @functools.lru_cache(maxsize=16)
