@@ -10,13 +10,15 @@ from dataclasses import dataclass
 
 import numpy as np
 from rapidfuzz import fuzz, process
+from rapidfuzz.distance import Indel
 
 from .grounding import iter_blocks
 
 # --- thresholds (the why of each in find_loops' docstring) -----------------------------------------
 MAX_PERIOD = 40               # lines per repeated unit
 WINDOW = 48                   # recent lines (same digits) a new line is compared with
-SIMILAR = 80                  # rapidfuzz ratio (0-100) for near-duplicate lines
+MAX_EDITS, SIMILAR = 4, 90    # near-duplicate lines: at most 4 insertions/deletions, ratio >= 90 (a typo, not
+                              # another word: "the annual plan" / "the annual report" are two lines)
 MAX_FUZZY_CHARS = 2000        # longer lines are matched exactly only (keeps each comparison bounded)
 MIN_REPEATED_LINES = 10       # lines repeating the unit (the first copy not counted)
 MIN_COPIES = 4                # copies of a unit of 2+ lines
@@ -113,26 +115,31 @@ class _Lines:
         self.lens = np.array([len(k) for k in self.keys], dtype=np.int64)
 
     def _cluster(self) -> np.ndarray:
-        """One id per content line; near-duplicates share it. A line takes the id of an earlier line
-        with the same normalised text, else of the most similar of the WINDOW latest lines with the
-        same digits (numbers are never drift: "Figure 1" and "Figure 2" are two lines), else a new
-        one. Table rows match exactly only (rows of numbers look alike)."""
+        """One id per content line; near-duplicates share it (`_near` rules, in that order): the same
+        normalised text; the same words and numbers; or, among the WINDOW latest lines with the same
+        numbers, one a few edits away. Table rows match exactly only (rows of numbers look alike)."""
         exact: dict[str, int] = {}
+        bags: dict[tuple[str, frozenset[str]], int] = {}
         recent: dict[str, tuple[deque[str], deque[int]]] = {}
         ids = np.empty(len(self.keys), dtype=np.int64)
         for j, norm in enumerate(self.norms):
             found = exact.get(norm)
-            if found is None and not self.table[j] and len(norm) <= MAX_FUZZY_CHARS:
+            if found is None and not self.table[j]:
                 digits = " ".join(_DIGITS_RE.findall(norm)) if _ANY_DIGIT_RE.search(norm) else ""
+                bag = (digits, frozenset(words(self.keys[j])))
+                found = bags.get(bag) if bag[1] else None
                 norms, owners = recent.setdefault(digits, (deque(maxlen=WINDOW), deque(maxlen=WINDOW)))
-                if norms:
-                    best = process.extractOne(norm, norms, scorer=fuzz.ratio, score_cutoff=SIMILAR)
-                    if best is not None:
+                if found is None and norms and len(norm) <= MAX_FUZZY_CHARS:
+                    best = process.extractOne(norm, norms, scorer=Indel.distance, score_cutoff=MAX_EDITS)
+                    if best is not None and fuzz.ratio(norm, best[0]) >= SIMILAR:
                         found = owners[best[2]]
+                found = len(exact) + len(bags) if found is None else found
+                if bag[1]:
+                    bags.setdefault(bag, found)
                 norms.append(norm)
-                owners.append(len(exact) if found is None else found)
-            if found is None:
-                found = len(exact)
+                owners.append(found)
+            elif found is None:
+                found = len(exact) + len(bags)
             exact.setdefault(norm, found)
             ids[j] = found
         return ids
@@ -171,14 +178,14 @@ def _block_loops(page: _Lines, claimed: np.ndarray) -> list[tuple[int, int, int]
 
 
 def _sentence_loops(page: _Lines, claimed: np.ndarray) -> list[list[int]]:
-    """The later copies of each sentence (equal once normalised) back MIN_SENTENCE_RUNS+ times; copies
-    right after a copy count once (back-to-back repeats are the block rule's: 9 in a row are content)."""
-    where: dict[str, list[int]] = {}
+    """The later copies (same id) of each sentence back MIN_SENTENCE_RUNS+ times; copies right after a
+    copy count once (back-to-back repeats are the block rule's: 9 in a row are content)."""
+    where: dict[int, list[int]] = {}
     for j, norm in enumerate(page.norms):
         if not claimed[j] and not page.table[j] and len(norm) >= MIN_SENTENCE_CHARS:
-            where.setdefault(norm, []).append(j)
+            where.setdefault(int(page.ids[j]), []).append(j)
     out = []
-    for norm, at in where.items():
+    for at in where.values():
         if len(at) < MIN_SENTENCE_RUNS or len(_WORD_RE.findall(page.keys[at[0]])) < MIN_SENTENCE_WORDS:
             continue
         runs = 1 + sum(1 for a, b in zip(at, at[1:]) if b != a + 1)
@@ -226,8 +233,8 @@ def find_loops(text: str) -> Loops:
     """Every generation loop of a page, and the lines that go with it.
 
     Shapes: a unit of 1 to MAX_PERIOD lines repeated (a 5-line matrix 100 times, a receipt's 4-line
-    totals block 4 times, one sentence 11+ times), its copies drifting a little (near-duplicates by
-    rapidfuzz ratio >= SIMILAR after dropping case, whitespace and emphasis marks); a sentence of
+    totals block 4 times, one sentence 11+ times), its copies drifting a little (`_Lines._cluster`:
+    "**due**", "d ue", "due due due", a typo; never another number or another word); a sentence of
     MIN_SENTENCE_WORDS+ words back MIN_SENTENCE_RUNS+ times between other lines (DeepSeek-OCR-2); a long
     line that is a short unit repeated. The first copy of a unit is kept with its grounding block,
     the later ones go with theirs - unless the unit is junk (`_is_junk`: markup, one word over and
@@ -235,8 +242,8 @@ def find_loops(text: str) -> Loops:
     lines (a form's field label 10 times is content) and MIN_COPIES copies, and MIN_LOOP_CHARS
     characters of repeats.
 
-    Linear: each line is normalised once and compared with at most WINDOW earlier lines by rapidfuzz
-    (C, bit-parallel, each comparison bounded by MAX_FUZZY_CHARS); the period search is MAX_PERIOD
+    Linear: each line is normalised once, looked up in two dicts and compared with at most WINDOW earlier
+    lines by rapidfuzz (C, bit-parallel, each comparison bounded by MAX_FUZZY_CHARS); the period search is MAX_PERIOD
     numpy passes over the line ids; the sentence count is one dict pass.
     """
     page = _Lines(text)

@@ -67,6 +67,20 @@ def test_short_block_repeated_4_to_10_times_keeps_one_block(copies: int) -> None
     assert verdict(receipt(copies), "stop", 8192).reason == "repeated_lines"
 
 
+def test_ocr2_drifting_sentence_back_8_times_keeps_the_first_copy() -> None:
+    page = "\n\n".join(x for i in range(8) for x in (DRIFT[i % 4], f"Item {i}: notes of the meeting, page {i}."))
+    out, counters = process_page(page, mode="clean")
+    assert out.count("committee") == 1 and out.startswith(BASE)
+    assert all(f"Item {i}:" in out for i in range(8)) and counters["runaway_lines_dropped"] == 7
+
+
+def test_sentences_that_differ_by_a_word_are_not_copies() -> None:
+    clauses = [BASE.replace("budget", word) for word in ("plan", "report", "audit", "minutes", "agenda",
+                                                           "charter", "roster", "schedule", "policy")]
+    page = "\n\n".join(x for c in clauses for x in (c, "Approved by the chair."))
+    assert drop_runaway_lines(page) == (page, 0)
+
+
 def test_ocr2_sentence_back_8_times_keeps_one_copy_and_every_other_line() -> None:
     out, counters = process_page(clauses(8), mode="clean")
     assert out.count(SENTENCE) == 1 and out.startswith(SENTENCE)
