@@ -138,6 +138,7 @@ def run_case(mod, rows: int, n: int, window: int, steps: int, warmup: int, vocab
                             expanded_local_pos=torch.zeros_like(idx), input_ids=idx, pos=idx,
                             seq_lens_upper_bound_np=np.zeros(rows, dtype=np.int32))
     times = {name: [] for name in impls}
+    host = time_host_part(impls["ours_v1"])
     mismatches = banned = 0
     base = torch.empty(rows, vocab, device=device)
     copies = {name: torch.empty_like(base) for name in impls}
@@ -177,7 +178,23 @@ def run_case(mod, rows: int, n: int, window: int, steps: int, warmup: int, vocab
     return {"rows": rows, "ngram": n, "window": window, "steps": steps, "vocab": vocab,
             "ms_per_step": ms, "median_ms": {name: statistics.median(t) * 1e3 for name, t in times.items()},
             "speedup_vs_vllm": {name: ms["vllm"] / v for name, v in ms.items() if name != "vllm"},
+            "ours_v1_host_ms": statistics.mean(host[-steps:]) * 1e3,
             "banned_per_step": banned / steps, "mismatched_steps": mismatches}
+
+
+def time_host_part(guard) -> list[float]:
+    """Wraps the V1 guard's per-step host work (each row's newest token from its output list)."""
+    spent: list[float] = []
+    inner = guard._new_tokens
+
+    def timed(size):
+        start = time.perf_counter()
+        result = inner(size)
+        spent.append(time.perf_counter() - start)
+        return result
+
+    guard._new_tokens = timed
+    return spent
 
 
 def main(argv=None) -> int:
@@ -202,13 +219,14 @@ def main(argv=None) -> int:
     print(f"vllm {vllm.__version__}, torch {torch.__version__}, device {device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}, threads {torch.get_num_threads()}")
     print(f"{'rows':>5} {'n':>3} {'vLLM ms':>9} {'ours V1 ms':>11} {'ours V2 ms':>11} {'V1 x':>7} {'V2 x':>7}"
-          f" {'bans/step':>9} {'mismatch':>8}")
+          f" {'V1 host ms':>10} {'bans/step':>9} {'mismatch':>8}")
     for rows in map(int, args.rows.split(",")):
         for n in map(int, args.ngram.split(",")):
             r = run_case(mod, rows, n, args.window, args.steps, args.warmup, args.vocab, device, args.seed)
             ms, x = r["ms_per_step"], r["speedup_vs_vllm"]
             print(f"{rows:>5} {n:>3} {ms['vllm']:>9.3f} {ms['ours_v1']:>11.3f} {ms.get('ours_v2', float('nan')):>11.3f}"
-                  f" {x['ours_v1']:>7.1f} {x.get('ours_v2', float('nan')):>7.1f} {r['banned_per_step']:>9.1f}"
+                  f" {x['ours_v1']:>7.1f} {x.get('ours_v2', float('nan')):>7.1f} {r['ours_v1_host_ms']:>10.3f}"
+                  f" {r['banned_per_step']:>9.1f}"
                   f" {r['mismatched_steps']:>8}", flush=True)
             results.append(r)
     report = {"vllm": vllm.__version__, "torch": torch.__version__, "device": str(device),

@@ -426,3 +426,20 @@ def test_edge_cases_ban_what_vllm_bans(n, window, out, banned):
     want = NoRepeatNGramLogitsProcessor(n, window)(list(out), torch.zeros(5))
     assert torch.isinf(want).nonzero().flatten().tolist() == banned
     assert torch.equal(ours_on_one_row(n, window, list(out)), want)
+
+
+def test_bench_checks_every_timed_step(tmp_path):
+    """bench/ngram_bench.py (run on GPUs by hand) runs here on a small case and finds no difference."""
+    import importlib.util
+    import json
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("ngram_bench", ROOT / "bench" / "ngram_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--rows", "8", "--ngram", "4", "--window", "20", "--steps", "40", "--warmup", "2",
+                       "--vocab", "64", "--json", str(out)]) == 0
+    [case] = json.loads(out.read_text())["results"]
+    assert case["mismatched_steps"] == 0 and case["banned_per_step"] > 0
+    assert set(case["ms_per_step"]) == {"vllm", "ours_v1", "ours_v2"}
