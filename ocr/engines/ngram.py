@@ -102,7 +102,7 @@ def _whitelist_rows(guards: list[Guard | None]) -> list[list[int]]:
 
 
 def _to_device(data: Any, device: torch.device, pin: bool, dtype: torch.dtype = torch.long) -> torch.Tensor:
-    host = torch.tensor(data, dtype=dtype)
+    host = torch.from_numpy(data).to(dtype) if isinstance(data, np.ndarray) else torch.tensor(data, dtype=dtype)
     if pin and device.type != "cpu":
         return host.pin_memory().to(device, non_blocking=True)
     return host.to(device)
@@ -233,9 +233,10 @@ if V2LogitsProcessor is not None:
         def __init__(self, vllm_config: Any, req_states: Any):
             self.req_states = req_states
             self.device = torch.device(req_states.device)
-            self.guards: list[Guard | None] = [None] * req_states.max_num_reqs
-            self.n = np.zeros(req_states.max_num_reqs, dtype=np.int64)        # 0: slot unguarded
-            self.width = np.zeros(req_states.max_num_reqs, dtype=np.int64)    # max(window, n)
+            slots = req_states.max_num_reqs
+            self.n = np.zeros(slots, dtype=np.int64)           # 0: slot unguarded
+            self.window = np.zeros(slots, dtype=np.int64)
+            self.white = np.full((slots, 0), NO_WHITELIST, dtype=np.int32)
             self.params: tuple[torch.Tensor, ...] | None = None
             self.dirty = True
 
@@ -245,19 +246,22 @@ if V2LogitsProcessor is not None:
 
         def add_request(self, req_idx: int, sampling_params: Any) -> bool:
             guard = guard_of(sampling_params)
-            self.guards[req_idx] = guard
             self.n[req_idx] = guard.n if guard else 0
-            self.width[req_idx] = max(guard.window, guard.n) if guard else 0
+            self.window[req_idx] = guard.window if guard else 0
+            white = guard.whitelist if guard else ()
+            if len(white) > self.white.shape[1]:
+                extra = np.full((len(self.n), len(white) - self.white.shape[1]), NO_WHITELIST, dtype=np.int32)
+                self.white = np.concatenate([self.white, extra], axis=1)
+            self.white[req_idx] = NO_WHITELIST
+            self.white[req_idx, :len(white)] = white
             self.dirty = True
             return guard is not None
 
         def apply_staged_writes(self) -> None:
             if self.dirty:
                 pin = self.device.type != "cpu"
-                n = _to_device([g.n if g else 0 for g in self.guards], self.device, pin)
-                window = _to_device([g.window if g else 0 for g in self.guards], self.device, pin)
-                white = _to_device(_whitelist_rows(self.guards), self.device, pin, TOKEN).view(len(self.guards), -1)
-                self.params = (n, window, white)
+                self.params = tuple(_to_device(a, self.device, pin, dtype) for a, dtype in
+                                    ((self.n, torch.long), (self.window, torch.long), (self.white, TOKEN)))
                 self.dirty = False
 
         def apply(self, logits: torch.Tensor, ctx: Any) -> torch.Tensor:
@@ -266,7 +270,8 @@ if V2LogitsProcessor is not None:
                 return logits
             if self.dirty:          # add_request without a flush (not how vLLM calls us, but safe)
                 self.apply_staged_writes()
-            width = int(self.width[ctx.idx_mapping_np].max())
+            slots_np = ctx.idx_mapping_np
+            width = int(max(self.window[slots_np].max(), self.n[slots_np].max()))
             slots = ctx.expanded_idx_mapping.long()
             total = self.req_states.total_len.gpu[slots].long()
             out_len = total - self.req_states.prompt_len.gpu[slots].long()
