@@ -9,8 +9,10 @@ Engine mode, in this order, all in this process:
   2. stages   every page rendered with the runner's own ocr.render.render_page at the runner's DPI and
               blank-checked with ocr.blank.is_mostly_blank (blank pages are left out, as the runner
               leaves them out); vLLM's DeepseekOCRProcessor timed on a sample of pages
-  3. load     one ocr.engine.VllmEngine from the runner's Config (--load-format dummy for a weightless
-              full-size checkpoint; --force-tokens N: max_tokens=N and ignore_eos in every run; LO-HI: per page)
+  3. load     one ocr.engines.vllm.VllmEngine from the runner's Config (the runner's own flags, declared once
+              in ocr/config.py; --load-format dummy for a weightless full-size checkpoint; --force-tokens N:
+              max_tokens=N and ignore_eos in every run, LO-HI: per page, through VllmHooks; --engine-kwargs
+              JSON: LLM(...) overrides for experiments)
   4. engine   the raw engine: all non-blank page images in ONE LLM.generate call with the runner's own
               sampling params (LLM.generate processes every input serially before its first step)
      core     (--engine-runs) the same pages with their inputs processed beforehand in threads, then
@@ -242,85 +244,51 @@ class Monitor:
 
 
 # --------------------------------------------------------------------------------------- set-up
-def make_config(a: argparse.Namespace, input_dir: Path, output_dir: Path, max_tokens: int) -> tuple[Any, dict]:
-    """The runner's Config for this benchmark, and the settings this runner version has no field for
-    (those go to the engine through install_engine_overrides)."""
+# The runner's flags with the bench's defaults: one reading per page, as in the LLM.generate run (dummy weights
+# and forced token counts make every page a "runaway" for the recovery passes), a fresh output every run.
+BENCH_DEFAULTS = {"runaway_retry": "off", "required_labels": "", "overwrite": True, "no_progress": True,
+                  "log_level": "WARNING"}
+BENCH_HELP = {"log_level": "the runner's log level during the runner phase",
+              "max_tokens": "output tokens per page at most (without --force-tokens)"}
+
+
+def make_config(a: argparse.Namespace, input_dir: Path, output_dir: Path, max_tokens: int) -> Any:
+    """The runner's Config for this benchmark: the runner's fields as parsed, this corpus and output folder."""
     from ocr.config import Config, validate
 
-    kw: dict[str, Any] = dict(input_dir=input_dir, output_dir=output_dir, model=a.model, mode=a.mode,
-                              dpi=a.dpi, max_num_seqs=a.max_num_seqs,
-                              max_tokens=max_tokens, kv_cache_dtype=a.kv_cache_dtype, max_pages=a.max_pages,
-                              overwrite=True, no_progress=True, log_level=a.log_level,
-                              # one reading per page, as in the LLM.generate run: dummy weights and
-                              # forced token counts make every page a "runaway" for the recovery passes
-                              runaway_retry="off", required_labels="")
-    for name in ("batch_pages", "gpu_memory_utilization", "render_workers", "preprocess_workers", "queue_ahead",
-                 "block_size", "attention_backend", "load_format"):
-        if getattr(a, name, None) is not None:
-            kw[name] = getattr(a, name)
-    if a.enforce_eager:
-        kw["enforce_eager"] = True
-    fields = {f.name for f in dataclasses.fields(Config)}
-    unknown = {k: v for k, v in kw.items() if k not in fields}
-    return validate(Config(**{k: v for k, v in kw.items() if k in fields})), unknown
+    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(Config) if hasattr(a, f.name)}
+    return validate(Config(**{**kw, "input_dir": input_dir, "output_dir": output_dir, "max_tokens": max_tokens}))
 
 
-def head_dim_fix(model_dir: str) -> int | None:
-    """DeepSeek-OCR's language config has head_dim/qk_rope_head_dim 0 (it is not MLA); vLLM 0.24 then
-    sizes attention buffers with head size 0 (0.32 falls back to hidden_size / heads). The real head
-    size, or None when the config already states one."""
-    try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    lc = cfg.get("language_config") or cfg.get("text_config") or {}
-    if lc.get("use_mla") or (lc.get("head_dim") or 0) > 0 or not lc.get("num_attention_heads"):
-        return None
-    return lc["hidden_size"] // lc["num_attention_heads"]
+def engine_hooks(a: argparse.Namespace, timers: Timers) -> Any:
+    """The bench's hooks into the runner's engine: LLM(...) overrides (--engine-kwargs), ignore_eos and the
+    per-page forced lengths on every request's sampling params (--force-tokens), and a timer around vLLM's
+    input processing in the engine's threads. A rebuilt engine (after a death) gets the same hooks."""
+    from ocr.engines.vllm import VllmHooks
 
+    ignore_eos, spread = bool(a.force_tokens[1]), a.force_tokens
 
-def install_engine_overrides(llm_extra: dict[str, Any], ignore_eos: bool) -> None:
-    """Bench-only hooks into ocr.engine, for this process: extra LLM(...) keyword arguments (load_format,
-    hf_overrides) and ignore_eos on the runner's sampling params. VllmEngine looks both functions up in
-    its module at construction time, so a rebuilt engine (after a death) gets them too."""
-    import ocr.engine as oe
-
-    base_kwargs = getattr(oe.engine_kwargs, "__wrapped__", oe.engine_kwargs)
-    base_params = getattr(oe.sampling_params, "__wrapped__", oe.sampling_params)
-
-    def engine_kwargs(cfg: Any, platform: Any) -> tuple[dict[str, Any], list[str]]:
-        kw, notes = base_kwargs(cfg, platform)
-        added = {}
-        for key, value in llm_extra.items():
-            if isinstance(value, dict) and isinstance(kw.get(key), dict):
-                new = {k: v for k, v in value.items() if k not in kw[key]}   # the runner's own values win
-                if new:
-                    kw[key] = {**kw[key], **new}
-                    added[key] = new
-            elif key not in kw:
-                kw[key] = added[key] = value
-        if added:
-            notes.append(f"bench overrides: {added}")
-        install_engine_overrides.applied = added
-        return kw, notes
-
-    def sampling_params(*args: Any, **kwargs: Any) -> Any:
-        params = base_params(*args, **kwargs)
+    def params(base: Any, request: Any) -> Any:
         if ignore_eos:
-            params.ignore_eos = True   # read per request when the input processor clones the params
-        return params
+            base.ignore_eos = True     # read per request when the input processor clones the params
+        if request is None:
+            return base
+        return per_page_params(base, spread, [(request.key.pdf, request.key.page)])[0] \
+            if spread[0] != spread[1] else base
 
-    engine_kwargs.__wrapped__ = base_kwargs
-    sampling_params.__wrapped__ = base_params
-    oe.engine_kwargs, oe.sampling_params = engine_kwargs, sampling_params
+    def around_prepare(call: Callable[[], Any]) -> Any:
+        with timers.timed("runner.threads.input_processing"):
+            return call()
+
+    return VllmHooks(engine_kwargs=a.engine_kwargs, params=params, around_prepare=around_prepare)
 
 
 class SharedEngine:
     """The runner's view of the already-loaded engine: forwards everything; times submit (on the
-    runner's main thread), poll (one engine step, on the supervisor's step thread, while the main
-    thread waits) and vLLM's input processing (in the engine's preprocessing threads, where the runner
-    has them; in submit otherwise). close() is deferred: the bench closes the engine after the run, so
-    engine teardown is not counted as runner time (after a death the factory closes it at once)."""
+    runner's main thread) and poll (one engine step, on the supervisor's step thread, while the main
+    thread waits); vLLM's input processing is timed by the engine's around_prepare hook. close() is
+    deferred: the bench closes the engine after the run, so engine teardown is not counted as runner
+    time (after a death the factory closes it at once)."""
 
     def __init__(self, engine: Any, timers: Timers):
         self._engine, self._timers = engine, timers
@@ -329,9 +297,6 @@ class SharedEngine:
         self.outputs = 0
         self.out_tokens = 0
         self.close_requested = False
-        prep = getattr(engine, "_process_inputs", None)
-        if prep is not None and not hasattr(prep, "__wrapped__"):
-            engine._process_inputs = timers.wrap("runner.threads.input_processing", prep)
 
     def submit(self, request: Any) -> None:
         if self.first_submit is None:
@@ -594,13 +559,13 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
     try:
         monitor.set_phase("render")
         input_dir, res["corpus"] = prepare_corpus(a, work)
-        cfg, unknown = make_config(a, input_dir, work / "out", a.force_tokens[1] or a.max_tokens)
-        from ocr.engine import PROMPTS
+        cfg = make_config(a, input_dir, work / "out", a.force_tokens[1] or a.max_tokens)
+        from ocr.models import PROMPTS
         prompt = cfg.prompt or PROMPTS[cfg.mode]
         res["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()
                            if k != "output_dir"}
         res["settings"].update(force_tokens="-".join(map(str, sorted(set(a.force_tokens)))), warmup_pages=a.warmup,
-                               engine_runs=a.engine_runs, load_format=getattr(cfg, "load_format", a.load_format))
+                               engine_runs=a.engine_runs, engine_kwargs=a.engine_kwargs)
 
         start = time.perf_counter()
         pages, blank_by_pdf, info = render_corpus(cfg, timers, a.bench_render_workers or
@@ -611,7 +576,7 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
         if not pages:
             raise SystemExit("no pages to OCR in the corpus")
 
-        if (a.load_format or getattr(cfg, "load_format", None)) == "dummy":
+        if cfg.load_format == "dummy":
             model_dir = str(Path(cfg.model).expanduser())     # config and tokenizer only
         else:
             from ocr.checkpoint import resolve_model
@@ -622,21 +587,15 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
         say(f"input processor: {res['input_processing']}")
 
         # ---- one engine load, the runner's own recipe
-        extra: dict[str, Any] = dict(unknown)      # settings this runner's Config has no field for
-        fix = head_dim_fix(model_dir) if a.fix_head_dim != "off" else None
-        if fix:
-            extra["hf_overrides"] = {"text_config": {"head_dim": fix}}
-        install_engine_overrides(extra, ignore_eos=bool(a.force_tokens[1]))
+        hooks = engine_hooks(a, timers)
         monitor.set_phase("load")
-        from ocr.engine import VllmEngine
+        from ocr.engines.vllm import VllmEngine
         ecfg = dataclasses.replace(cfg, model=model_dir)
         start = time.perf_counter()
-        engine = VllmEngine(ecfg)
+        engine = VllmEngine(ecfg, hooks=hooks)
         res["engine_load_s"] = round(time.perf_counter() - start, 1)
-        spread_runner_lengths(engine, a.force_tokens)
-        res["settings"]["bench_llm_overrides"] = getattr(install_engine_overrides, "applied", {})
-        res["guard_active"] = engine.guard_active
-        params = engine._params
+        res["guard_active"] = engine.caps.guard_active
+        params = engine.params_for()
         res["sampling_params"] = {"max_tokens": params.max_tokens, "ignore_eos": params.ignore_eos,
                                   "temperature": params.temperature, "stop": params.stop,
                                   "extra_args": {k: v for k, v in (params.extra_args or {}).items()
@@ -686,14 +645,14 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
             monitor.set_phase("engine_core")
             say(f"engine core: {len(pages)} pre-processed pages ...")
             res["engine_core"], core_comps = run_engine_core(llm, prompt, pages, page_params,
-                                                             getattr(cfg, "preprocess_workers", 4), timers)
+                                                             cfg.preprocess_workers, timers)
             comps = comps or core_comps
             say(f"engine core: {res['engine_core']}")
             _dump_partial(a, res)
 
         monitor.set_phase("finish_write")
         time_finish_and_write(cfg, [(j, p, c) for (j, p, _), c in zip(pages, comps)], blank_by_pdf,
-                              engine.special_tokens, timers)
+                              engine.caps.special_tokens, timers)
         n_ocr = len(pages)
         del pages, comps, sample
         gc.collect()
@@ -701,7 +660,7 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
         # ---- (b) the full runner, same engine
         _reset_encoder_cache(llm)
         monitor.set_phase("runner")
-        res["runner"] = run_runner(cfg, ecfg, engine, timers, n_ocr, a.force_tokens)
+        res["runner"] = run_runner(ecfg, engine, hooks, timers, n_ocr)
         say(f"runner: {res['runner']}")
     finally:
         monitor.set_phase("close")
@@ -827,10 +786,9 @@ def _reset_encoder_cache(llm: Any) -> None:
         pass
 
 
-def run_runner(cfg: Any, ecfg: Any, engine: Any, timers: Timers, expected_pages: int,
-               spread: tuple[int, int]) -> dict[str, Any]:
+def run_runner(cfg: Any, engine: Any, hooks: Any, timers: Timers, expected_pages: int) -> dict[str, Any]:
     from ocr.cli import run
-    from ocr.engine import VllmEngine
+    from ocr.engines.vllm import VllmEngine
 
     handed_out: list[SharedEngine] = []
 
@@ -838,9 +796,7 @@ def run_runner(cfg: Any, ecfg: Any, engine: Any, timers: Timers, expected_pages:
         if handed_out:          # the engine died in the runner: close it now and build a new one
             say("runner: the engine died; building a new one (the runner figures include the reload)")
             handed_out[-1].really_close()
-            fresh = VllmEngine(ecfg)
-            spread_runner_lengths(fresh, spread)
-            handed_out.append(SharedEngine(fresh, timers))
+            handed_out.append(SharedEngine(VllmEngine(cfg, hooks=hooks), timers))
         else:
             handed_out.append(SharedEngine(engine, timers))
         return handed_out[-1]
@@ -883,7 +839,7 @@ def stage_summary(timers: Timers, cfg: Any, res: dict[str, Any]) -> dict[str, An
     proc = st.get("input_processing", {}).get("wall_s_per_item", 0.0)
     if proc:
         ceilings["serial_input_processing_pages_per_s"] = rate(1.0, proc)
-        workers = getattr(cfg, "preprocess_workers", None)
+        workers = cfg.preprocess_workers
         if workers:
             ceilings["input_processing_threads"] = workers
     main = sum(st.get(k, {}).get("wall_s_per_item", 0.0) for k in ("post_processing", "write"))
@@ -902,9 +858,9 @@ class FastEngine:
     """A scripted engine double with the runner's Engine interface: every page in flight finishes on
     the next poll, with a page of text (about 2,500 characters, like a real page)."""
 
-    special_tokens: tuple[str, ...] = ()
-
     def __init__(self) -> None:
+        from ocr.engines.base import EngineCaps
+        self.caps = EngineCaps(special_tokens=(), vision_modes=("gundam",), ngram=(0, 0), retry_sampling=False)
         self._in: dict[Any, Any] = {}
 
     def submit(self, request: Any) -> None:
@@ -924,6 +880,9 @@ class FastEngine:
     def in_flight(self) -> int:
         return len(self._in)
 
+    def alive(self) -> bool:
+        return True
+
     def lost_requests(self) -> list:
         lost = list(self._in.values())
         self._in.clear()
@@ -936,15 +895,10 @@ class FastEngine:
 def memory_child(a: argparse.Namespace) -> int:
     """One runner run over --pdfs with the fast engine, in this fresh process; prints MEMORY_RESULT."""
     from ocr.cli import run
-    from ocr.config import Config, validate
 
     out = Path(tempfile.mkdtemp(prefix="bench-mem-"))
     monitor = Monitor(0.2, gpu=False).start()
-    kw: dict[str, Any] = dict(input_dir=a.pdfs, output_dir=out, dpi=a.dpi, batch_pages=a.batch_pages,
-                              overwrite=True, no_progress=True, log_level="WARNING")
-    if a.render_workers:
-        kw["render_workers"] = a.render_workers
-    cfg = validate(Config(**kw))
+    cfg = make_config(a, a.pdfs, out, a.max_tokens)
     start = time.perf_counter()
     code = run(cfg, engine_factory=FastEngine)
     seconds = time.perf_counter() - start
@@ -977,9 +931,7 @@ def memory_mode(a: argparse.Namespace) -> dict[str, Any]:
                            check=True, capture_output=True, timeout=a.child_timeout)
             gen_s = time.perf_counter() - start
             cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", "--pdfs", str(folder),
-                   "--dpi", str(a.dpi), "--batch-pages", str(a.batch_pages)]
-            if a.render_workers:
-                cmd += ["--render-workers", str(a.render_workers)]
+                   "--dpi", str(a.dpi), "--batch-pages", str(a.batch_pages), "--render-workers", str(a.render_workers)]
             say(f"memory: {n} pages (corpus {gen_s:.1f} s) ...")
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.child_timeout)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("MEMORY_RESULT ")), None)
@@ -1122,73 +1074,60 @@ def per_page_params(params: Any, spread: tuple[int, int], keys: list[tuple[int, 
     return out
 
 
-def spread_runner_lengths(engine: Any, spread: tuple[int, int]) -> None:
-    """The runner's requests get the same per-page lengths as the engine runs (by PageKey)."""
-    if spread[0] == spread[1]:
-        return
-    base = engine._params_for
-
-    def params_for(request: Any) -> Any:
-        return per_page_params(base(request), spread, [(request.key.pdf, request.key.page)])[0]
-
-    engine._params_for = params_for
+def parse_engine_kwargs(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"async_scheduling\": false}'")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The runner's own flags (ocr/config.py, the bench's defaults), then the bench's."""
+    from ocr.config import RunnerSpec, add_config_flags
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = ap.add_mutually_exclusive_group()
+    add_config_flags(ap.add_argument_group("runner settings (the runner's flags)"),
+                     RunnerSpec("bench.py", "", "vllm", defaults=BENCH_DEFAULTS, help=BENCH_HELP),
+                     exclude=("input_dir", "output_dir"))
+    b = ap.add_argument_group("benchmark")
+    src = b.add_mutually_exclusive_group()
     src.add_argument("--pdfs", type=Path, help="folder of PDFs to benchmark on")
     src.add_argument("--generate", type=corpus.parse_shape, metavar="N_PDFSxPAGES",
                      help="generate a corpus, e.g. 8x32 (A4, every --blank-every-th page blank)")
-    ap.add_argument("--blank-every", type=int, default=8, help="generated corpus: every K-th page blank")
-    ap.add_argument("--corpus-kind", choices=corpus.KINDS, default="scan",
-                    help="generated pages: greyscale JPEG scans (default) or vector text")
-    ap.add_argument("--corpus-dir", type=Path, help="keep generated corpora here (reused across runs)")
-    ap.add_argument("--model", default="deepseek-ai/DeepSeek-OCR", help="checkpoint folder or HF id")
-    ap.add_argument("--load-format", default=None, help="vLLM load_format, e.g. dummy (no weights needed)")
-    ap.add_argument("--fix-head-dim", choices=("auto", "off"), default="auto",
-                    help="add hf_overrides text_config.head_dim = hidden/heads when neither the config nor "
-                         "the runner sets it "
-                         "(vLLM 0.24 needs it for DeepSeek-OCR)")
-    ap.add_argument("--kv-cache-dtype", default="fp8", help="runner's --kv-cache-dtype (auto on CPU)")
-    ap.add_argument("--batch-pages", type=int, default=None, help="runner's --batch-pages (default: the runner's)")
-    ap.add_argument("--max-num-seqs", type=int, default=None, help="runner's --max-num-seqs")
-    ap.add_argument("--queue-ahead", type=int, default=None, help="runner's --queue-ahead")
-    ap.add_argument("--dpi", type=int, default=144, help="runner's --dpi")
-    ap.add_argument("--max-pages", type=int, default=None, help="first K pages of each PDF")
-    ap.add_argument("--mode", choices=("clean", "grounded"), default="clean")
-    ap.add_argument("--max-tokens", type=int, default=6144, help="runner's --max-tokens (without --force-tokens)")
-    ap.add_argument("--force-tokens", type=parse_force_tokens, default=(0, 0), metavar="N|LO-HI",
-                    help="every page decodes exactly N tokens (ignore_eos, max_tokens=N), in both runs; "
-                         "LO-HI: each page its own length between LO and HI, fixed by its PDF and page number, "
-                         "so pages finish one by one as real pages do")
-    ap.add_argument("--gpu-memory-utilization", type=float, default=None)
-    ap.add_argument("--render-workers", type=int, default=None)
-    ap.add_argument("--preprocess-workers", type=int, default=None, help="runner's --preprocess-workers")
-    ap.add_argument("--bench-render-workers", type=int, default=None,
-                    help="processes the bench renders the corpus with before the engine runs "
-                         "(default: CPUs - 1, at most 8)")
-    ap.add_argument("--block-size", type=int, default=None)
-    ap.add_argument("--attention-backend", default=None)
-    ap.add_argument("--enforce-eager", action="store_true")
-    ap.add_argument("--warmup", type=int, default=4, help="pages of a short warm-up generate before timing")
-    ap.add_argument("--engine-runs", default="generate,core",
-                    help="raw engine runs before the runner: generate (one LLM.generate call), core "
-                         "(inputs pre-processed in threads, then the engine alone); comma-separated")
-    ap.add_argument("--budget-s", type=float, default=0,
-                    help="seconds this run may take: the engine-core run is skipped when it would not fit "
-                         "(the runner run always happens)")
-    ap.add_argument("--proc-sample", type=int, default=8, help="pages for timing the input processor")
-    ap.add_argument("--sample-s", type=float, default=0.5, help="RSS / GPU sampling interval")
-    ap.add_argument("--no-gpu-monitor", action="store_true")
-    ap.add_argument("--log-level", default="WARNING", help="the runner's log level during the runner phase")
-    ap.add_argument("--json", type=Path, help="write every figure here")
-    ap.add_argument("--keep", action="store_true", help="keep the scratch folder (corpus, runner output)")
-    ap.add_argument("--memory-scaling", action="store_true",
-                    help="peak RSS of the runner with a scripted engine on PDFs of --sizes pages")
-    ap.add_argument("--sizes", default="10,100,1000", help="memory scaling: pages per PDF")
-    ap.add_argument("--child-timeout", type=float, default=1800, help="memory scaling: seconds per size")
-    ap.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    b.add_argument("--blank-every", type=int, default=8, help="generated corpus: every K-th page blank")
+    b.add_argument("--corpus-kind", choices=corpus.KINDS, default="scan",
+                   help="generated pages: greyscale JPEG scans (default) or vector text")
+    b.add_argument("--corpus-dir", type=Path, help="keep generated corpora here (reused across runs)")
+    b.add_argument("--engine-kwargs", type=parse_engine_kwargs, default={}, metavar="JSON",
+                   help="LLM(...) keyword arguments over the runner's, for experiments (a dict value is merged "
+                        "key by key), e.g. '{\"compilation_config\": {\"cudagraph_mm_encoder\": true}}'")
+    b.add_argument("--force-tokens", type=parse_force_tokens, default=(0, 0), metavar="N|LO-HI",
+                   help="every page decodes exactly N tokens (ignore_eos, max_tokens=N), in both runs; "
+                        "LO-HI: each page its own length between LO and HI, fixed by its PDF and page number, "
+                        "so pages finish one by one as real pages do")
+    b.add_argument("--bench-render-workers", type=int, default=None,
+                   help="processes the bench renders the corpus with before the engine runs "
+                        "(default: CPUs - 1, at most 8)")
+    b.add_argument("--warmup", type=int, default=4, help="pages of a short warm-up generate before timing")
+    b.add_argument("--engine-runs", default="generate,core",
+                   help="raw engine runs before the runner: generate (one LLM.generate call), core "
+                        "(inputs pre-processed in threads, then the engine alone); comma-separated")
+    b.add_argument("--budget-s", type=float, default=0,
+                   help="seconds this run may take: the engine-core run is skipped when it would not fit "
+                        "(the runner run always happens)")
+    b.add_argument("--proc-sample", type=int, default=8, help="pages for timing the input processor")
+    b.add_argument("--sample-s", type=float, default=0.5, help="RSS / GPU sampling interval")
+    b.add_argument("--no-gpu-monitor", action="store_true")
+    b.add_argument("--json", type=Path, help="write every figure here")
+    b.add_argument("--keep", action="store_true", help="keep the scratch folder (corpus, runner output)")
+    b.add_argument("--memory-scaling", action="store_true",
+                   help="peak RSS of the runner with a scripted engine on PDFs of --sizes pages")
+    b.add_argument("--sizes", default="10,100,1000", help="memory scaling: pages per PDF")
+    b.add_argument("--child-timeout", type=float, default=1800, help="memory scaling: seconds per size")
+    b.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if not (a.memory_scaling or a.memory_child or a.pdfs or a.generate):
         ap.error("give --pdfs DIR or --generate N_PDFSxPAGES (or --memory-scaling)")
@@ -1197,9 +1136,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.engine_runs = [r.strip() for r in a.engine_runs.split(",") if r.strip()]
     if not a.engine_runs or set(a.engine_runs) - {"generate", "core"}:
         ap.error("--engine-runs: generate, core or both")
-    if a.batch_pages is None:
-        from ocr.config import Config
-        a.batch_pages = next(f.default for f in dataclasses.fields(Config) if f.name == "batch_pages")
     return a
 
 

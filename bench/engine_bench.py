@@ -28,8 +28,11 @@ import subprocess
 import sys
 import time
 
-PROMPT = "<image>\n<|grounding|>Convert the document to markdown. "
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from ocr.models import PROMPTS  # noqa: E402
+
+PROMPT = PROMPTS["grounded"]
 
 
 def page_image(seed, w=1241, h=1754):
@@ -119,38 +122,40 @@ def max_loop_run(ids, n=30, max_dist=60):
     return False
 
 
+def llm_kwargs(a):
+    """The runner's LLM(...) recipe (ocr.engines.vllm.engine_kwargs: architecture, head size, n-gram guard,
+    platform defaults) for these knobs, with the knobs the runner has no flag for as overrides."""
+    from pathlib import Path
+    from ocr.config import Config
+    from ocr.engines.vllm import MAX_MODEL_LEN, detect_platform, engine_kwargs
+    cfg = Config(input_dir=Path("."), output_dir=Path(a.out), model=a.model, load_format="dummy",
+                 kv_cache_dtype=a.kv, batch_pages=a.max_num_seqs, gpu_memory_utilization=a.gpu_util,
+                 block_size=a.block_size or None, attention_backend=None if a.attn == "auto" else a.attn,
+                 enforce_eager=a.eager)
+    override = {}
+    if a.max_model_len != MAX_MODEL_LEN:
+        override["max_model_len"] = a.max_model_len
+    if a.mm_attn != "auto":
+        override["mm_encoder_attn_backend"] = a.mm_attn
+    if a.async_sched != "auto":
+        override["async_scheduling"] = a.async_sched == "on"
+    if a.mnbt:
+        override["max_num_batched_tokens"] = a.mnbt
+    override.update(json.loads(a.engine_kwargs))
+    kw, _ = engine_kwargs(cfg, detect_platform(), override)
+    return kw
+
+
 def engine_mode(a):
     from vllm import LLM, SamplingParams
     from vllm.sampling_params import RequestOutputKind
-    from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor
     import msgspec
     import vllm
     t_start = time.time()
     budget_end = t_start + a.budget if a.budget else float("inf")
-    hf_overrides = {"architectures": ["DeepseekOCRForCausalLM"]}
-    if a.fix_head_dim:
-        # vLLM sizes attention metadata buffers from model_config.get_head_size(), which reads
-        # text_config.head_dim; transformers' DeepseekV2Config sets head_dim = qk_rope_head_dim = 0
-        # for DeepSeek-OCR (non-MLA). The real head size is hidden_size / num_attention_heads.
-        lc = json.load(open(os.path.join(a.model, "config.json")))["language_config"]
-        hf_overrides["text_config"] = {"head_dim": lc["hidden_size"] // lc["num_attention_heads"]}
-    kw = dict(model=a.model, load_format="dummy", hf_overrides=hf_overrides,
-              dtype="bfloat16", kv_cache_dtype=a.kv, max_model_len=a.max_model_len, max_num_seqs=a.max_num_seqs,
-              gpu_memory_utilization=a.gpu_util, limit_mm_per_prompt={"image": 1},
-              enable_prefix_caching=False, mm_processor_cache_gb=0, enforce_eager=a.eager,
-              logits_processors=[NGramPerReqLogitsProcessor])
-    if a.block_size:
-        kw["block_size"] = a.block_size
-    if a.attn != "auto":
-        kw["attention_backend"] = a.attn
-    if a.mm_attn != "auto":
-        kw["mm_encoder_attn_backend"] = a.mm_attn
-    if a.async_sched != "auto":
-        kw["async_scheduling"] = a.async_sched == "on"
-    if a.mnbt:
-        kw["max_num_batched_tokens"] = a.mnbt
+    kw = llm_kwargs(a)
     shown = {k: v for k, v in kw.items() if k not in ("logits_processors",)}
-    shown["logits_processors"] = ["NGramPerReqLogitsProcessor"]
+    shown["logits_processors"] = [c.__name__ for c in kw.get("logits_processors", [])]
     emit("LLM_KWARGS", tag=a.tag, **shown)
     t0 = time.perf_counter()
     llm = LLM(**kw)
@@ -304,7 +309,7 @@ RUNS_FP8 = "256:1024:1,256:256:1,256:1024:0"
 RUNS_SWEEP = "128:1024:1,64:1024:1,128:256:1,64:256:1"
 RUNS_PROBE = "32:64:1,256:256:1"
 FA3 = ["--attn", "auto", "--mm-attn", "auto", "--block-size", "0"]  # vLLM's own choices
-FIX = ["--fix-head-dim"]
+FIX: list = []   # was --fix-head-dim: the runner's recipe (engine_kwargs) now always sets the real head size
 
 # name: list of (tag, extra argv or callable(state) -> argv/None, runs, e2e, min seconds to start, cap seconds)
 PLANS = {
@@ -408,7 +413,7 @@ def main():
     ap.add_argument("--mm-attn", default="TORCH_SDPA", help="'auto' = vLLM's choice")
     ap.add_argument("--async-sched", default="auto", choices=["auto", "on", "off"])
     ap.add_argument("--eager", action="store_true")
-    ap.add_argument("--fix-head-dim", action="store_true", help="hf_overrides text_config.head_dim = 128")
+    ap.add_argument("--engine-kwargs", default="{}", metavar="JSON", help="LLM(...) overrides over the recipe")
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-model-len", type=int, default=8192)
     ap.add_argument("--gpu-util", type=float, default=0.9)

@@ -26,6 +26,6 @@ run() {  # name, seconds, extra flags
 }
 run threads8 240 --preprocess-workers 8
 timeout 200 python3 bench/engine_bench.py engine --model /tmp/ckpt --kv fp8 --block-size 0 --attn auto \
-  --mm-attn auto --fix-head-dim --runs 256:256:1 --waves 1 --e2e 256:256 --out "$OUT" 2>&1 |
+  --mm-attn auto --runs 256:256:1 --waves 1 --e2e 256:256 --out "$OUT" 2>&1 |
   grep --line-buffered -E "RESULT|CONFIG" | tee "$OUT/engine.log" | cut -c1-400
 run threads1 150 --preprocess-workers 1

@@ -8,20 +8,20 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .checkpoint import SetupError, resolve_model
-from .config import Config, UsageError, parse_config
-from .engine import Engine, check_tensor_parallel
+from .config import VLLM_SPEC, Config, RunnerSpec, UsageError, parse_config
+from .engines.base import Engine
 from .models import inspect as inspect_model
-from .pipeline import Pipeline
+from .pipeline import Pipeline, StopReason
 from .report import RunReport
 
 log = logging.getLogger("ocr")
-DESCRIPTION = ("OCR every PDF under --input-dir into Markdown with DeepSeek-OCR or DeepSeek-OCR-2 in an "
-               "in-process vLLM engine.")
+EngineFactory = Callable[[], Engine]
 
 
 class ExitCode(IntEnum):
@@ -29,6 +29,14 @@ class ExitCode(IntEnum):
     INCOMPLETE = 1      # some PDFs failed or are partial; listed at the end
     USAGE = 2           # bad flags or set-up: nothing was run
     INTERRUPTED = 130   # stopped by SIGINT/SIGTERM; finished pages are kept
+
+
+@dataclass(frozen=True)
+class Runner:
+    """A runner: its command line (a spec over Config's fields) and how it builds its engine from a Config
+    (checks that can fail run before any work; the returned factory builds an engine each time it is called)."""
+    spec: RunnerSpec
+    engine_factory: Callable[[Config], EngineFactory]
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -61,15 +69,17 @@ def install_signal_handlers(pipeline: Pipeline) -> dict:
     """First SIGINT/SIGTERM: stop gracefully. Second: exit at once. Returns the handlers it replaced."""
     def handler(signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
-        if pipeline.stop_reason:           # second signal: leave now; every file on disk is whole
+        if pipeline.stop:                  # second signal: leave now; every file on disk is whole
             os._exit(ExitCode.INTERRUPTED)
         log.warning("%s received: finishing up (send it again to exit at once)", name)
-        pipeline.request_stop(f"stopped by {name}")
+        pipeline.request_stop(StopReason.SIGNAL, f"stopped by {name}")
 
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def default_engine_factory(cfg: Config) -> Callable[[], Engine]:
+def vllm_engine_factory(cfg: Config) -> EngineFactory:
+    from .engines.vllm import check_tensor_parallel
+
     check_tensor_parallel(cfg.tensor_parallel_size)
     model = cfg.model if cfg.load_format == "dummy" else resolve_model(cfg.model)   # dummy: config only
     local = dataclasses.replace(cfg, model=model)
@@ -78,17 +88,20 @@ def default_engine_factory(cfg: Config) -> Callable[[], Engine]:
     check_tensor_parallel(cfg.tensor_parallel_size, checkpoint.attention_heads, checkpoint.family.name)
 
     def factory() -> Engine:
-        from .engine import VllmEngine
+        from .engines.vllm import VllmEngine
         return VllmEngine(local)
     return factory
 
 
-def run(cfg: Config, engine_factory: Callable[[], Engine] | None = None) -> ExitCode:
+VLLM = Runner(VLLM_SPEC, vllm_engine_factory)
+
+
+def run(cfg: Config, engine_factory: EngineFactory | None = None, runner: Runner = VLLM) -> ExitCode:
     if not cfg.input_dir.is_dir():
         raise UsageError(f"--input-dir {cfg.input_dir} is not a folder")
+    factory = engine_factory or runner.engine_factory(cfg)      # refuses what cannot run before any output
     check_output_dir(cfg.output_dir)
     log_path = setup_logging(cfg)
-    factory = engine_factory or default_engine_factory(cfg)
     report = RunReport(cfg.report_path, {k: str(v) if isinstance(v, Path) else v
                                          for k, v in dataclasses.asdict(cfg).items()})
     pipeline = Pipeline(cfg, factory, report)
@@ -99,21 +112,21 @@ def run(cfg: Config, engine_factory: Callable[[], Engine] | None = None) -> Exit
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-        report.interrupted = pipeline.stop_reason
+        report.interrupted = str(pipeline.stop) if pipeline.stop else None
         report.write()
         for line in report.summary_lines():
             log.info("%s", line)
         log.info("report: %s", cfg.report_path)
-    if pipeline.stop_reason and pipeline.stop_reason.startswith("stopped by"):
+    if pipeline.stop and pipeline.stop.reason is StopReason.SIGNAL:
         return ExitCode.INTERRUPTED
-    return ExitCode.INCOMPLETE if report.problems() or pipeline.stop_reason else ExitCode.OK
+    return ExitCode.INCOMPLETE if report.problems() or pipeline.stop else ExitCode.OK
 
 
-def main(argv: Sequence[str] | None = None, engine_factory: Callable[[], Engine] | None = None,
-         prog: str = "run_pdf_ocr_vllm.py") -> int:
+def main(argv: Sequence[str] | None = None, engine_factory: EngineFactory | None = None,
+         runner: Runner = VLLM) -> int:
     try:
-        cfg = parse_config(argv, prog=prog, description=DESCRIPTION)
-        return run(cfg, engine_factory)
+        cfg = parse_config(argv, runner.spec)
+        return run(cfg, engine_factory, runner)
     except (UsageError, SetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.USAGE

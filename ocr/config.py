@@ -1,4 +1,5 @@
-"""The run's settings: one frozen object, each option declared once next to its default and help."""
+"""The run's settings: one frozen object, each option declared once next to its default, help, the engines it
+applies to and whether it changes what is written (the resume fingerprint is derived from that)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,23 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-OCR"
+ENGINES = ("vllm", "hf")        # the runners' engines: ocr.engines.vllm, ocr.engines.hf
 
 
-def opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
-    """A config field that is also a command-line flag (--field-name)."""
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
+def opt(default: Any, help: str, *, engine: str | Sequence[str] | None = None, output: bool | str,
+        **argparse_kwargs: Any) -> Any:
+    """A config field that is also a command-line flag (--field-name).
+
+    engine: the engines it means something to (None: all of ENGINES).
+    output: True if it changes what is written (the Markdown), so a PDF finished with another value is redone;
+            a --mode name ("grounded") if it changes the output in that mode only; False otherwise."""
+    engines = ENGINES if engine is None else (engine,) if isinstance(engine, str) else tuple(engine)
+    assert set(engines) <= set(ENGINES) and output in (True, False, "grounded", "clean"), (engines, output)
+    return field(default=default, metadata={"help": help, "engine": engines, "output": output,
+                                            "argparse": argparse_kwargs})
 
 
 def _default_render_workers() -> int:
@@ -24,76 +34,91 @@ def _default_render_workers() -> int:
 @dataclass(frozen=True)
 class Config:
     # Input and output
-    input_dir: Path = opt(None, "folder searched recursively for *.pdf (any case)", required=True, type=Path)
-    output_dir: Path = opt(None, "where <relative path>/<stem>.md, the run report and logs go",
+    input_dir: Path = opt(None, "folder searched recursively for *.pdf (any case)", output=False, required=True,
+                          type=Path)
+    output_dir: Path = opt(None, "where <relative path>/<stem>.md, the run report and logs go", output=False,
                            required=True, type=Path)
-    mode: str = opt("clean", "clean: Markdown only; grounded: keep <|ref|>/<|det|> layout blocks",
+    mode: str = opt("clean", "clean: Markdown only; grounded: keep <|ref|>/<|det|> layout blocks", output=True,
                     choices=("clean", "grounded"))
-    max_pages: int | None = opt(None, "OCR at most this many pages of each PDF", type=int)
-    num_shards: int = opt(1, "split the PDFs into this many disjoint shards (one per worker/GPU)", type=int)
-    shard_index: int = opt(0, "which shard this worker runs (0-based)", type=int)
-    overwrite: bool = opt(False, "redo PDFs that are already complete (otherwise they are skipped)")
+    max_pages: int | None = opt(None, "OCR at most this many pages of each PDF", output=True, type=int)
+    num_shards: int = opt(1, "split the PDFs into this many disjoint shards (one per worker/GPU)", output=False,
+                          type=int)
+    shard_index: int = opt(0, "which shard this worker runs (0-based)", output=False, type=int)
+    overwrite: bool = opt(False, "redo PDFs that are already complete (otherwise they are skipped)", output=False)
     # Rendering and blank pages
-    dpi: int = opt(144, "render resolution; 144 is what DeepSeek-OCR's own PDF runner uses", type=int)
+    dpi: int = opt(144, "render resolution; 144 is what DeepSeek-OCR's own PDF runner uses", output=True, type=int)
     max_render_pixels: int = opt(12_000_000, "cap on pixels per rendered page (posters are scaled down)",
-                                 type=int)
+                                 output=True, type=int)
     render_workers: int = opt(_default_render_workers(), "render processes running ahead of the engine",
-                              type=int)
+                              output=False, type=int)
     preprocess_workers: int = opt(max(1, min(8, (os.cpu_count() or 2) // 2)), "threads running vLLM's "
-                                  "input processor (image tiling, tokenizing) beside the engine", type=int)
-    save_page_images: bool = opt(False, "also write page PNGs to <stem>_assets/")
-    save_crops: bool = opt(False, "grounded mode: write figure/table crops to <stem>_assets/")
+                                  "input processor (image tiling, tokenizing) beside the engine", engine="vllm",
+                                  output=False, type=int)
+    save_page_images: bool = opt(False, "also write page PNGs to <stem>_assets/", output=False)
+    save_crops: bool = opt(False, "grounded mode: write figure/table crops to <stem>_assets/", output="grounded")
     # Model and engine
-    model: str = opt(DEFAULT_MODEL, "Hugging Face id or local checkpoint directory")
+    model: str = opt(DEFAULT_MODEL, "Hugging Face id or local checkpoint directory", output=True)
     load_format: str = opt("auto", "vLLM load_format; 'dummy' = random weights, for throughput tests only",
-                           choices=("auto", "dummy"))
+                           engine="vllm", output=True, choices=("auto", "dummy"))
     batch_pages: int = opt(128, "pages decoding in the engine at once (continuous batching; vLLM max_num_seqs)",
-                           type=int)
-    max_num_seqs: int | None = opt(None, "vLLM max_num_seqs (default: --batch-pages)", type=int)
+                           output=False, type=int)
+    max_num_seqs: int | None = opt(None, "vLLM max_num_seqs (default: --batch-pages)", engine="vllm",
+                                   output=False, type=int)
     queue_ahead: int | None = opt(None, "pages prepared and waiting in the engine beyond --batch-pages, so "
                                   "a finished page's place is taken at the next step (default: a quarter "
-                                  "of --batch-pages, at least 16 but no more than --batch-pages)", type=int)
-    max_tokens: int = opt(6144, "output tokens per page at most (prompt + output <= 8192)", type=int)
-    gpu_memory_utilization: float = opt(0.9, "share of GPU memory vLLM may use", type=float)
+                                  "of --batch-pages, at least 16 but no more than --batch-pages)", output=False,
+                                  type=int)
+    max_tokens: int = opt(6144, "output tokens per page at most (prompt + output <= 8192)", output=True, type=int)
+    gpu_memory_utilization: float = opt(0.9, "share of GPU memory vLLM may use", engine="vllm", output=False,
+                                        type=float)
     kv_cache_dtype: str = opt("fp8", "KV cache dtype; falls back to auto where FP8 is not supported",
-                              choices=("fp8", "auto", "bfloat16", "fp8_e4m3", "fp8_e5m2"))
-    enable_fp8_weights: bool = opt(False, "quantize weights to FP8 on load (check quality first)")
+                              engine="vllm", output=True, choices=("fp8", "auto", "bfloat16", "fp8_e4m3", "fp8_e5m2"))
+    enable_fp8_weights: bool = opt(False, "quantize weights to FP8 on load (check quality first)", engine="vllm",
+                                   output=True)
     tensor_parallel_size: int = opt(1, "GPUs per engine; must divide the model's 10 attention heads",
-                                    type=int)
+                                    engine="vllm", output=False, type=int)
     mm_encoder_tp_mode: str | None = opt(None, "with tensor parallelism: 'data' runs the vision encoder "
-                                         "data-parallel", choices=("weights", "data"))
+                                         "data-parallel", engine="vllm", output=False, choices=("weights", "data"))
     block_size: int | None = opt(None, "KV cache block size (default: vLLM's; 256 is DeepSeek-OCR's own)",
-                                 type=int)
-    attention_backend: str | None = opt(None, "vLLM attention backend, e.g. TRITON_ATTN (default: vLLM's)")
-    enforce_eager: bool = opt(False, "disable CUDA graphs")
-    prompt: str | None = opt(None, "override the prompt (default: DeepSeek-OCR's own prompt for --mode)")
+                                 engine="vllm", output=False, type=int)
+    attention_backend: str | None = opt(None, "vLLM attention backend, e.g. TRITON_ATTN (default: vLLM's)",
+                                        engine="vllm", output=False)
+    enforce_eager: bool = opt(False, "disable CUDA graphs", engine="vllm", output=False)
+    mm_encoder_cudagraph: bool = opt(False, "capture the vision encoder in CUDA graphs (vLLM's compilation_config "
+                                     "cudagraph_mm_encoder, where this vLLM has it); Large mode is then off",
+                                     engine="vllm", output=False)
+    prompt: str | None = opt(None, "override the prompt (default: DeepSeek-OCR's own prompt for --mode)",
+                             output=True)
     ngram_size: int | None = opt(None, "no-repeat n-gram guard size, 0 turns it off (default: the model's own: "
-                                 "30 for DeepSeek-OCR, 20 for DeepSeek-OCR-2)", type=int)
-    ngram_window: int | None = opt(None, "no-repeat n-gram guard window in tokens (default: 90)", type=int)
-    trust_remote_code: bool = opt(False, "allow the checkpoint's own Python code (transformers runner)")
+                                 "30 for DeepSeek-OCR, 20 for DeepSeek-OCR-2)", output=True, type=int)
+    ngram_window: int | None = opt(None, "no-repeat n-gram guard window in tokens (default: 90)", engine="vllm",
+                                   output=True, type=int)
+    trust_remote_code: bool = opt(False, "allow the checkpoint's own Python code", engine="hf", output=False)
     # Recovery passes (ocr/passes.py)
     runaway_retry: str = opt("on", "read a page once more when its answer loops, is cut at --max-tokens or "
-                             "is empty (other sampling, or Large mode); the better answer is kept",
+                             "is empty (other sampling, or Large mode); the better answer is kept", output=True,
                              choices=("on", "off"))
     required_labels: str = opt("table", "grounded mode: layout labels a page should have; a page without "
-                               "them is read again in the 1280 Large mode (comma-separated, '' = off)")
+                               "them is read again in the 1280 Large mode (comma-separated, '' = off)",
+                               output="grounded")
     retry_large_cap: int = opt(50, "Large-mode re-reads allowed per run and worker (most pages have no "
-                               "table, so this bounds the extra work; 0 = off)", type=int)
+                               "table, so this bounds the extra work; 0 = off)", output="grounded", type=int)
     roi_pass: bool = opt(False, "grounded mode: read each table, title, paragraph and figure region again "
-                         "as a crop with the clean prompt and merge the texts back in the model's reading order")
-    roi_max_crops: int = opt(48, "--roi-pass: regions read again per page at most", type=int)
+                         "as a crop with the clean prompt and merge the texts back in the model's reading order",
+                         output="grounded")
+    roi_max_crops: int = opt(48, "--roi-pass: regions read again per page at most", output="grounded", type=int)
     # Post-processing
     greek_repair: str = opt("safe", "repair unambiguous Greek OCR slips (look-alike letters, final sigma)",
-                            choices=("off", "safe"))
+                            output=True, choices=("off", "safe"))
     # Failure handling
     page_timeout: float = opt(900.0, "seconds without any finished page, pages in flight, before the "
-                              "engine counts as hung", type=float)
+                              "engine counts as hung", output=False, type=float)
     max_engine_restarts: int = opt(12, "engine restarts allowed per run before stopping (isolating a page "
                                    "that kills the engine among the default 160 pages in flight takes up "
-                                   "to 10)", type=int)
+                                   "to 10)", output=False, type=int)
     # Logging
-    log_level: str = opt("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    no_progress: bool = opt(False, "no progress bar")
+    log_level: str = opt("INFO", "log level", output=False, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    no_progress: bool = opt(False, "no progress bar", output=False)
 
     @property
     def seqs(self) -> int:
@@ -119,43 +144,84 @@ class Config:
         return self.output_dir / ".ocr-state"
 
     def fingerprint(self) -> dict[str, Any]:
-        """Settings that change a PDF's output: a finished PDF made with others is redone."""
-        return {"model": self.model, "mode": self.mode, "prompt": self.prompt, "max_pages": self.max_pages,
-                "dpi": self.dpi, "max_tokens": self.max_tokens, "greek_repair": self.greek_repair,
-                **self._grounded_passes(), **self._decoding()}
+        """The settings that change a PDF's output (fields declared output=...): a finished PDF made with others
+        is redone. A field enters only away from its default, except the first fingerprint's keys (_ALWAYS), so
+        outputs made before a field existed stay complete; a `--load-format dummy` run is never taken as done."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            when, value = f.metadata["output"], getattr(self, f.name)
+            if when is False or (when is not True and when != self.mode):
+                continue
+            if f.name in _ALWAYS or (when == "grounded" and f.name in _ALWAYS_GROUNDED) or value != f.default:
+                out[f.name] = _fingerprint_value(f.name, value)
+        return out
 
-    def _decoding(self) -> dict[str, Any]:
-        """Weights and decoding settings, only where they differ from the defaults (so outputs made at
-        the defaults stay done): a `--load-format dummy` test run's Markdown is never taken as finished."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name in _DECODING and getattr(self, f.name) != f.default}
 
-    def _grounded_passes(self) -> dict[str, Any]:
-        """The grounded-only passes change a page's layout blocks: a PDF made without them is redone.
-        (The runaway retry is left out: it changes only runaway pages, not worth a corpus re-run.)"""
-        if self.mode != "grounded":
-            return {}
+# The first fingerprint's keys, present at any value (outputs on disk carry them).
+_ALWAYS = ("model", "mode", "prompt", "max_pages", "dpi", "max_tokens", "greek_repair")
+_ALWAYS_GROUNDED = ("roi_pass", "required_labels")
+
+
+def _fingerprint_value(name: str, value: Any) -> Any:
+    if name == "required_labels":          # "table, image" and "image,table" make the same pages
         from .large_mode import parse_required
-        return {"roi_pass": self.roi_pass, "required_labels": sorted(parse_required(self.required_labels))}
+        return sorted(parse_required(value))
+    return str(value) if isinstance(value, Path) else value
 
 
-_DECODING = ("load_format", "enable_fp8_weights", "ngram_size", "ngram_window")
+@dataclass(frozen=True)
+class RunnerSpec:
+    """One command line over Config's fields: the engine it drives, and its own defaults and help texts."""
+    prog: str
+    description: str
+    engine: str                                    # one of ENGINES
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    help: Mapping[str, str] = field(default_factory=dict)
+    # Other engines' flags: declared and ignored with a warning ("ignore"), or not declared at all ("reject").
+    foreign: str = "reject"
+
+
+VLLM_SPEC = RunnerSpec(
+    "run_pdf_ocr_vllm.py",
+    "OCR every PDF under --input-dir into Markdown with DeepSeek-OCR or DeepSeek-OCR-2 in an in-process vLLM "
+    "engine.", "vllm")
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def build_parser(prog: str = "run_pdf_ocr_vllm.py", description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_config_flags(parser: argparse.ArgumentParser, spec: RunnerSpec = VLLM_SPEC,
+                     exclude: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """Config's fields as flags of `parser`, with the spec's defaults and help texts."""
     for f in dataclasses.fields(Config):
-        meta = dict(f.metadata)
-        if f.type in ("bool", bool):
-            parser.add_argument(_flag(f.name), action="store_true", help=meta["help"])
+        if f.name in exclude:
             continue
-        parser.add_argument(_flag(f.name), default=f.default, **meta)
+        meta = f.metadata
+        ours = spec.engine in meta["engine"]
+        if not ours and spec.foreign == "reject":
+            continue
+        text = spec.help.get(f.name, meta["help"])
+        if not ours:
+            text = f"{'/'.join(meta['engine']).replace('vllm', 'vLLM')} only, ignored here ({text})"
+        default = spec.defaults.get(f.name, f.default)
+        if f.type in ("bool", bool):
+            parser.add_argument(_flag(f.name), action="store_true", default=default, help=text)
+        else:
+            parser.add_argument(_flag(f.name), default=default, help=text, **meta["argparse"])
     return parser
+
+
+def build_parser(spec: RunnerSpec = VLLM_SPEC) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=spec.prog, description=spec.description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return add_config_flags(parser, spec)
+
+
+def foreign_flags(cfg: Config, engine: str) -> list[str]:
+    """Flags set away from their defaults that mean nothing to this engine (the runner warns about them)."""
+    return [_flag(f.name) for f in dataclasses.fields(Config)
+            if engine not in f.metadata["engine"] and getattr(cfg, f.name) != f.default]
 
 
 class UsageError(ValueError):
@@ -187,6 +253,6 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def parse_config(argv: Sequence[str] | None = None, **parser_kwargs: Any) -> Config:
-    args = build_parser(**parser_kwargs).parse_args(argv)
+def parse_config(argv: Sequence[str] | None = None, spec: RunnerSpec = VLLM_SPEC) -> Config:
+    args = build_parser(spec).parse_args(argv)
     return validate(Config(**vars(args)))

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Sequence
 
 from . import greek, postprocess
+from .engines.base import Failure
 from .records import EngineOutput, PageResult, PageStatus
 
 BLANK_STUB = "[[Blank page]]"
@@ -19,9 +20,12 @@ def blank_page(page: int) -> PageResult:
     return PageResult(page=page, status=PageStatus.BLANK, text=BLANK_STUB)
 
 
-def failed_page(page: int, reason: str, tokens: int = 0, finish_reason: str | None = None) -> PageResult:
+def failed_page(page: int, failure: Failure, reason: str | None = None, tokens: int = 0,
+                finish_reason: str | None = None) -> PageResult:
+    """A failure stub; `reason` is the message (default: the failure's own)."""
+    reason = reason or failure.value
     return PageResult(page=page, status=PageStatus.FAILED, text=failed_stub(page, reason), tokens=tokens,
-                      finish_reason=finish_reason, error=reason)
+                      finish_reason=finish_reason, error=reason, failure=failure)
 
 
 def finish_page(out: EngineOutput, *, mode: str, special_tokens: Sequence[str] = (),

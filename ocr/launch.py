@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Callable, Sequence
 
 from .config import Config, UsageError, build_parser, validate
-from .engine import check_tensor_parallel
+from .engines.vllm import check_tensor_parallel
 from .merge_reports import Shard, load_shard, merge, report_path, summary_lines, write_merged
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,6 +27,8 @@ PROMPTS = {  # DeepSeek-OCR's own prompt strings; DeepSeek-OCR-2 uses the same o
     "grounded": "<image>\n<|grounding|>Convert the document to markdown.",
     "clean": "<image>\nConvert the document to markdown.",
 }
+# A new chat turn means the page is over; the model sometimes starts one instead of stopping.
+STOP_STRINGS = ("<|User|>", "<|Assistant|>", "<｜User｜>", "<｜Assistant｜>")
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,6 @@ class Family:
     tile_size: int                # local crops, pixels
     crops: tuple[int, int]        # (min, max) crops for a page larger than one tile; none for smaller pages
     vllm_ngram: tuple[int, int]   # (size, window) of the vLLM runner's n-gram guard when not given
-    hf_ngram_size: int            # no_repeat_ngram_size of DeepSeek's HF infer() (whole sequence, no window)
     transformers_native: bool     # transformers has its own classes (no trust_remote_code needed)
     prompts: Mapping[str, str] = field(default_factory=lambda: dict(PROMPTS))
 
@@ -48,13 +49,13 @@ DEEPSEEK_OCR = Family(
     key="deepseek-ocr", name="DeepSeek-OCR", hub_id="deepseek-ai/DeepSeek-OCR",
     vllm_architecture="DeepseekOCRForCausalLM", base_size=1024, tile_size=640, crops=(2, 6),
     vllm_ngram=(30, 90),          # vLLM's DeepSeek-OCR recipe
-    hf_ngram_size=20, transformers_native=False,
+    transformers_native=False,
 )
 DEEPSEEK_OCR2 = Family(
     key="deepseek-ocr-2", name="DeepSeek-OCR-2", hub_id="deepseek-ai/DeepSeek-OCR-2",
     vllm_architecture="DeepseekOCR2ForCausalLM", base_size=1024, tile_size=768, crops=(2, 6),
     vllm_ngram=(20, 90),          # DeepSeek-OCR-2's own image runner (run_dpsk_ocr2_image.py)
-    hf_ngram_size=20, transformers_native=True,
+    transformers_native=True,
 )
 FAMILIES = (DEEPSEEK_OCR, DEEPSEEK_OCR2)
 KNOWN_IDS = {  # Hugging Face ids, for choosing before anything is downloaded

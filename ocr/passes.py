@@ -12,6 +12,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import large_mode, roi, runaway
+from .config import Config
+from .engines.base import EngineCaps, Failure
+from .engines.vision_modes import LARGE
 from .records import EngineOutput, PageRequest
 
 ATTEMPT_FIRST = 0       # the page as configured
@@ -19,21 +22,21 @@ ATTEMPT_AGAIN = 1       # the same request once more after an engine error
 ATTEMPT_RUNAWAY = 2     # the runaway retry: other sampling, or Large mode for an empty answer
 ATTEMPT_LARGE = 3       # the Large-mode re-read of a grounded page without its required labels
 ATTEMPT_ROI = 4         # the crops of the ROI pass (part 1..n)
-NO_TEXT = "the model returned no text"
 
 
 @dataclass(frozen=True)
 class PassSettings:
-    mode: str = "clean"
-    max_tokens: int = 6144
-    ngram_size: int = 30
-    ngram_window: int = 90
-    runaway_retry: bool = True
-    retry_sampling: bool = True           # the engine honours RetrySampling (vLLM does, transformers not)
-    required_labels: tuple[str, ...] = large_mode.DEFAULT_REQUIRED
-    large: bool = False                   # the engine reads Large-mode requests (ocr.vllm_plugin)
-    roi_pass: bool = False
-    roi_max_crops: int = roi.MAX_CROPS
+    """The passes this run does, from its Config and its engine's caps (settings_for)."""
+    mode: str
+    max_tokens: int
+    ngram_size: int
+    ngram_window: int
+    runaway_retry: bool
+    retry_sampling: bool                  # the engine honours RetrySampling (vLLM does, transformers not)
+    required_labels: tuple[str, ...]
+    large: bool                           # the engine reads Large-mode requests (ocr.engines.vision_modes)
+    roi_pass: bool
+    roi_max_crops: int
 
     @property
     def grounded(self) -> bool:
@@ -60,7 +63,8 @@ class Final:
     tokens: int
     finish_reason: str | None
     counters: dict[str, int] = field(default_factory=dict)
-    error: str | None = None
+    failure: Failure | None = None
+    error: str | None = None              # the failure's message
     crops: tuple[roi.Crop, ...] = ()      # the ROI crops that were read again (for --save-crops)
 
 
@@ -91,12 +95,10 @@ class PageWork:
 
     # --- runaway ------------------------------------------------------------------------------------
     def _on_first(self, out: EngineOutput) -> list[PageRequest] | Final:
-        from .supervise import KILLER_ERROR
-
-        if out.error:
-            if out.attempt == ATTEMPT_FIRST and out.error != KILLER_ERROR:
+        if out.failure:
+            if out.attempt == ATTEMPT_FIRST and out.failure.retryable:
                 return [replace(self.request, attempt=ATTEMPT_AGAIN)]
-            return self._fail(out.error, out.finish_reason)
+            return self._fail(out.failure, out.error, out.finish_reason)
         s = self.settings
         self.first = runaway.Attempt(out.text, out.finish_reason, out.tokens)
         self.first_verdict = v = runaway.verdict(out.text, out.finish_reason, s.max_tokens)
@@ -121,7 +123,7 @@ class PageWork:
     def _on_runaway_retry(self, out: EngineOutput) -> list[PageRequest] | Final:
         assert self.first is not None
         kept = self.first
-        if not out.error:
+        if not out.failure:
             kept = runaway.better(self.first, runaway.Attempt(out.text, out.finish_reason, out.tokens))
             if kept is not self.first:
                 self.kept_vision = self.retry_vision
@@ -133,7 +135,7 @@ class PageWork:
         self.counters.update(runaway.counters(self.first_verdict, retried, kept is not self.first, final_verdict))
         self.kept = kept
         if runaway.is_empty(kept.text):          # markup or tags alone count as no text too
-            return self._fail(NO_TEXT, kept.finish_reason)
+            return self._fail(Failure.NO_TEXT, None, kept.finish_reason)
         return self._large()
 
     # --- Large mode ---------------------------------------------------------------------------------
@@ -141,24 +143,24 @@ class PageWork:
         s = self.settings
         assert self.kept is not None
         if not (s.grounded and s.required_labels and s.large and self.cap.cap > 0
-                and self.kept_vision != large_mode.LARGE.name          # read in Large mode already
+                and self.kept_vision != LARGE.name          # read in Large mode already
                 and large_mode.missing_labels(self.kept.text, s.required_labels)):
             return self._roi()
         retried = self.cap.take()
         self.counters.update(large_mode.counters(True, retried, False))
         if not retried:
             return self._roi()
-        return [replace(self.request, attempt=ATTEMPT_LARGE, vision=large_mode.LARGE.name, sampling=None)]
+        return [replace(self.request, attempt=ATTEMPT_LARGE, vision=LARGE.name, sampling=None)]
 
     def _on_large(self, out: EngineOutput) -> list[PageRequest] | Final:
         assert self.kept is not None
         s = self.settings
-        if out.error:
+        if out.failure:
             self.counters["large_failed"] += 1
         elif large_mode.keep_large(self.kept.text, out.text, s.required_labels,
                                    large_finish_reason=out.finish_reason, max_tokens=s.max_tokens):
             self.kept = runaway.Attempt(out.text, out.finish_reason, out.tokens)
-            self.kept_vision = large_mode.LARGE.name
+            self.kept_vision = LARGE.name
             self.counters["large_improved"] += 1
         return self._roi()
 
@@ -178,7 +180,7 @@ class PageWork:
 
     def _on_crop(self, out: EngineOutput) -> list[PageRequest] | Final:
         # an error, or an answer cut at --max-tokens, leaves the region's original text
-        self.answers[out.part - 1] = None if out.error or out.finish_reason == "length" else out.text
+        self.answers[out.part - 1] = None if out.failure or out.finish_reason == "length" else out.text
         if len(self.answers) < sum(c.reread for c in self.crops):
             return []
         pairs = [(c, self.answers.get(c.order)) for c in self.crops]
@@ -192,20 +194,18 @@ class PageWork:
         assert self.kept is not None
         return Final(self.kept.text, self.tokens, self.kept.finish_reason, self._counts())
 
-    def _fail(self, reason: str, finish_reason: str | None) -> Final:
-        return Final("", self.tokens, finish_reason, self._counts(), error=reason)
+    def _fail(self, failure: Failure, error: str | None, finish_reason: str | None) -> Final:
+        return Final("", self.tokens, finish_reason, self._counts(), failure=failure, error=error or failure.value)
 
     def _counts(self) -> dict[str, int]:
         return {k: v for k, v in sorted(self.counters.items()) if v}
 
 
-def settings_for(cfg: Any, engine: Any) -> PassSettings:
-    """The passes this run can do with this engine (its vision modes and sampling support)."""
-    modes = tuple(getattr(engine, "vision_modes", ("gundam",)))
-    size, window = getattr(engine, "ngram", (cfg.ngram_size or 0, cfg.ngram_window or 0))
-    return PassSettings(mode=cfg.mode, max_tokens=cfg.max_tokens, ngram_size=size or 0, ngram_window=window or 0,
-                        runaway_retry=cfg.runaway_retry == "on",
-                        retry_sampling=bool(getattr(engine, "retry_sampling", False)),
+def settings_for(cfg: Config, caps: EngineCaps) -> PassSettings:
+    """The passes this run can do with this engine (its vision modes, guard and sampling support)."""
+    size, window = caps.ngram
+    return PassSettings(mode=cfg.mode, max_tokens=cfg.max_tokens, ngram_size=size, ngram_window=window,
+                        runaway_retry=cfg.runaway_retry == "on", retry_sampling=caps.retry_sampling,
                         required_labels=large_mode.parse_required(cfg.required_labels),
-                        large=large_mode.LARGE.name in modes,
+                        large=LARGE.name in caps.vision_modes,
                         roi_pass=cfg.roi_pass, roi_max_crops=cfg.roi_max_crops)

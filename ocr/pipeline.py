@@ -1,4 +1,5 @@
-"""Connects the stages: plan -> render (+ blank check) -> engine -> finish -> journal -> Markdown.
+"""Connects the stages: jobs -> open (resume, count) -> render (+ blank check) -> engine -> finish -> journal ->
+Markdown.
 
 One control loop on the main thread; rendering runs ahead in processes, the engine in its own process.
 """
@@ -6,28 +7,44 @@ One control loop on the main thread; rendering runs ahead in processes, the engi
 from __future__ import annotations
 
 import logging
-import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from enum import Enum
+from typing import Callable, Iterable, Iterator
 
 from . import roi
 from .assets import assets_dir, link_figures, page_image_path, save_crops, save_png
 from .config import Config
 from .discover import plan_jobs
-from .engine import PROMPTS, Engine
+from .engines.base import Engine, Failure
+from .engines.supervisor import Supervisor, TooManyRestarts
 from .finish import assemble, blank_page, failed_page, finish_page
-from .passes import (ATTEMPT_AGAIN, ATTEMPT_LARGE, ATTEMPT_ROI, ATTEMPT_RUNAWAY, Final, LargeCap, PageWork,
-                     PassSettings, settings_for)
+from .models import PROMPTS
+from .passes import ATTEMPT_AGAIN, ATTEMPT_LARGE, ATTEMPT_ROI, ATTEMPT_RUNAWAY, Final, LargeCap, PageWork, \
+    PassSettings, settings_for
 from .progress import Progress
 from .records import EngineOutput, PageKey, PageRequest, PageResult, PageStatus, PdfJob, RenderedPage
 from .render import PdfError, Renderer, open_pdf
 from .report import PdfStatus, RunReport
 from .store import SourceId, Store, source_id, write_atomic
-from .supervise import Supervisor, TooManyRestarts
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 10.0
+
+
+class StopReason(Enum):
+    SIGNAL = "signal"                        # SIGINT/SIGTERM: exit code 130, the next run resumes
+    TOO_MANY_RESTARTS = "too many restarts"  # the engine died more than --max-engine-restarts times
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: StopReason
+    message: str                             # for the log and the report ("stopped by SIGTERM")
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass
@@ -40,99 +57,106 @@ class PdfProgress:
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, engine_factory: Callable[[], Engine], report: RunReport):
+    """Runs jobs to Markdown. `jobs`: where PDFs come from (default: --input-dir, this shard), pulled lazily
+    when the render queue has room (the iterable may block); a finished PDF is skipped unless --overwrite.
+    `on_pdf_done(job, status)`: called once a PDF's outcome is final (Markdown and manifest written, or failed,
+    or skipped as complete); PDFs still unfinished when the run stops are not reported."""
+
+    def __init__(self, cfg: Config, engine_factory: Callable[[], Engine], report: RunReport,
+                 jobs: Iterable[PdfJob] | None = None,
+                 on_pdf_done: Callable[[PdfJob, PdfStatus], None] | None = None):
         self.cfg = cfg
         self.engine_factory = engine_factory
         self.report = report
+        self.on_pdf_done = on_pdf_done
         self.store = Store(cfg.state_dir, cfg.fingerprint(), f"manifest{cfg.shard_suffix}.jsonl")
-        self.stop_reason: str | None = None
+        self.stop: Stop | None = None
+        self._jobs_given = jobs
+        self._jobs: Iterator[PdfJob] = iter(())
+        self._pages: deque[tuple[PdfProgress, int]] = deque()   # pages of opened PDFs, not yet rendering
+        self._feed_done = False
         self._pdfs: dict[int, PdfProgress] = {}
         self._work: dict[PageKey, PageWork] = {}        # pages in the engine, with their passes
-        self.passes = PassSettings()
+        self.passes: PassSettings | None = None         # known once the engine is up
         self._large_cap = LargeCap(cfg.retry_large_cap)
-        self._feed: Iterator[tuple[PdfProgress, int]] = iter(())
-        self._feed_done = False
         self._last_report = 0.0
         self.special_tokens: tuple[str, ...] = ()
 
-    def request_stop(self, reason: str) -> None:
-        self.stop_reason = self.stop_reason or reason
+    def request_stop(self, reason: StopReason, message: str) -> None:
+        self.stop = self.stop or Stop(reason, message)
 
-    # --- plan -------------------------------------------------------------------------------------
-    def _todo(self) -> list[PdfJob]:
+    # --- jobs and pages ---------------------------------------------------------------------------
+    def _planned(self) -> Iterator[PdfJob]:
         jobs = plan_jobs(self.cfg.input_dir, self.cfg.output_dir, self.cfg.num_shards, self.cfg.shard_index)
-        todo = []
-        for job in jobs:
-            if not self.cfg.overwrite and self.store.is_complete(job):
-                self.report.entry(job.name).status = PdfStatus.SKIPPED
-            else:
-                todo.append(job)
-        log.info("%d PDFs in this shard: %d to do, %d already complete", len(jobs), len(todo),
-                 len(jobs) - len(todo))
-        return todo
+        log.info("%d PDFs in this shard", len(jobs))
+        return iter(jobs)
 
-    def _pages(self, jobs: list[PdfJob]) -> Iterator[tuple[PdfProgress, int]]:
-        """Pages still to OCR, PDF after PDF; bad PDFs are reported and passed over."""
-        for job in jobs:
-            entry = self.report.entry(job.name)
-            try:
-                with open_pdf(job.path) as doc:
-                    total = min(doc.page_count, self.cfg.max_pages or doc.page_count)
-                source = source_id(job.path)
-            except (PdfError, OSError) as exc:
-                entry.status, entry.error = PdfStatus.FAILED, str(exc)
-                log.warning("%s: %s", job.name, exc)
-                continue
-            pdf = PdfProgress(job, source, total, self.store.open_journal(job, source) if not
-                              self.cfg.overwrite else self._fresh_journal(job, source))
-            entry.pages, entry.resumed_pages = total, len(pdf.results)
-            for result in pdf.results.values():
-                self.report.add_page(job.name, result)
-            self._pdfs[job.index] = pdf
-            todo = [p for p in range(1, total + 1) if p not in pdf.results]
-            if not todo:
-                self._finalize(pdf)
-            for page in todo:
-                yield pdf, page
+    def _next_page(self) -> tuple[PdfProgress, int] | None:
+        """The next page to render; opens the next job's PDF when the current one has none left."""
+        while not self._pages:
+            job = next(self._jobs, None)
+            if job is None:
+                self._feed_done = True
+                return None
+            self._open(job)
+        return self._pages.popleft()
 
-    def _fresh_journal(self, job: PdfJob, source: SourceId) -> dict[int, PageResult]:
-        self.store.drop_journal(job)
-        return self.store.open_journal(job, source)
+    def _open(self, job: PdfJob) -> None:
+        """Skip a complete PDF; open the others once: count their pages, take finished pages from the journal
+        (or start afresh with --overwrite), queue the rest. A bad PDF is reported and passed over."""
+        if not self.cfg.overwrite and self.store.is_complete(job):
+            self._settle(job, PdfStatus.SKIPPED)
+            return
+        try:
+            with open_pdf(job.path) as doc:
+                total = min(doc.page_count, self.cfg.max_pages or doc.page_count)
+            source = source_id(job.path)
+        except (PdfError, OSError) as exc:
+            log.warning("%s: %s", job.name, exc)
+            self._settle(job, PdfStatus.FAILED, error=str(exc))
+            return
+        if self.cfg.overwrite:
+            self.store.drop_journal(job)
+        pdf = PdfProgress(job, source, total, self.store.open_journal(job, source))
+        self.report.pdf_opened(job.name, total, list(pdf.results.values()))
+        self.progress.add_total(total - len(pdf.results))
+        self._pdfs[job.index] = pdf
+        self._pages.extend((pdf, page) for page in range(1, total + 1) if page not in pdf.results)
+        if len(pdf.results) == total:
+            self._finalize(pdf)
 
     def _fill(self, renderer: Renderer) -> None:
-        while not self._feed_done and not self.stop_reason and renderer.has_room():
-            try:
-                pdf, page = next(self._feed)
-            except StopIteration:
-                self._feed_done = True
+        while not self._feed_done and not self.stop and renderer.has_room():
+            item = self._next_page()
+            if item is None:
                 return
+            pdf, page = item
             renderer.submit(pdf.job.path, PageKey(pdf.job.index, page))
 
     # --- run --------------------------------------------------------------------------------------
     def run(self) -> None:
-        todo = self._todo()
-        self._feed = self._pages(todo)
+        self._jobs = iter(self._jobs_given) if self._jobs_given is not None else self._planned()
         window = max(2 * self.cfg.render_workers, min(self.cfg.batch_pages, 64))
         with Renderer(self.cfg.render_workers, window, self.cfg.dpi, self.cfg.max_render_pixels) as renderer, \
                 Progress(disabled=self.cfg.no_progress) as self.progress:
-            threading.Thread(target=self._count_pages, args=(todo,), daemon=True).start()
             self._fill(renderer)                       # pages render while the engine loads
             if self._nothing_to_do(renderer):
                 return
             sup = Supervisor(self.engine_factory, self.cfg.max_engine_restarts, self.cfg.page_timeout,
-                             on_event=self.report.event, stopping=lambda: self.stop_reason is not None)
+                             on_event=self.report.event, stopping=lambda: self.stop is not None)
             self.report.engine_ready = time.time()
-            self.special_tokens = tuple(getattr(sup.engine, "special_tokens", ()))
-            self.passes = settings_for(self.cfg, sup.engine)
-            self._log_passes()
-            self.report.engine.update({k: round(v, 1) if isinstance(v, float) else v
-                                       for k in ("load_seconds", "guard_active")
-                                       if (v := getattr(sup.engine, k, None)) is not None})
+            caps = sup.engine.caps
+            self.special_tokens = caps.special_tokens
+            self.passes = settings_for(self.cfg, caps)
+            self._log_passes(self.passes)
+            self.report.engine.update(load_seconds=round(caps.load_seconds, 1))
+            if caps.guard_active is not None:
+                self.report.engine["guard_active"] = caps.guard_active
             try:
                 self._loop(renderer, sup)
             except TooManyRestarts as exc:
                 log.error("%s: stopping", exc)
-                self.request_stop(str(exc))
+                self.request_stop(StopReason.TOO_MANY_RESTARTS, str(exc))
             finally:
                 self.report.engine.update(restarts=sup.restarts, pages_isolated=len(sup.isolated),
                                           seconds_lost=round(sup.seconds_lost, 1))
@@ -142,9 +166,9 @@ class Pipeline:
         return self._feed_done and renderer.pending() == 0
 
     def _loop(self, renderer: Renderer, sup: Supervisor) -> None:
-        while not self.stop_reason:
+        while not self.stop:
             self._fill(renderer)
-            while sup.accepting() and sup.in_flight() < self.cfg.pages_in_flight and not self.stop_reason:
+            while sup.accepting() and sup.in_flight() < self.cfg.pages_in_flight and not self.stop:
                 page = renderer.next(block=sup.in_flight() == 0)
                 if page is None:
                     break
@@ -161,13 +185,14 @@ class Pipeline:
     def _route(self, page: RenderedPage, sup: Supervisor) -> None:
         pdf = self._pdfs[page.key.pdf]
         if page.error:
-            self._record(pdf, failed_page(page.key.page, page.error))
+            self._record(pdf, failed_page(page.key.page, Failure.RENDER, page.error))
         elif page.blank:
             self._record(pdf, blank_page(page.key.page))
         else:
             if self.cfg.save_page_images:
                 save_png(page.image, page_image_path(pdf.job.md_path, page.key.page))
             request = PageRequest(page.key, page.image, self.cfg.prompt or PROMPTS[self.cfg.mode])
+            assert self.passes is not None
             self._work[page.key] = PageWork(request, self.passes, self._large_cap)
             self._submit(request, sup)
 
@@ -177,7 +202,7 @@ class Pipeline:
         except Exception as exc:  # the input processor rejected this image: only this request fails
             log.warning("page %d of %s rejected by the engine: %s", request.key.page,
                         self._pdfs[request.key.pdf].job.name, exc)
-            self._on_output(request.answer("", 0, None, error=f"engine error: {exc}"), sup)
+            self._on_output(request.answer("", 0, None, Failure.ENGINE_ERROR, str(exc)), sup)
 
     def _on_output(self, out: EngineOutput, sup: Supervisor) -> None:
         work = self._work[out.key]
@@ -193,8 +218,8 @@ class Pipeline:
 
     def _finish(self, request: PageRequest, final: Final) -> PageResult:
         page, md_path = request.key.page, self._pdfs[request.key.pdf].job.md_path
-        if final.error:
-            return replace(failed_page(page, final.error, final.tokens, final.finish_reason),
+        if final.failure:
+            return replace(failed_page(page, final.failure, final.error, final.tokens, final.finish_reason),
                            counters=final.counters)
         out = EngineOutput(request.key, final.text, final.tokens, final.finish_reason)
         result = finish_page(out, mode=self.cfg.mode, special_tokens=self.special_tokens,
@@ -207,8 +232,8 @@ class Pipeline:
                              counters={**result.counters, "crops_saved": saved})
         return result
 
-    def _log_passes(self) -> None:
-        p, cfg = self.passes, self.cfg
+    def _log_passes(self, p: PassSettings) -> None:
+        cfg = self.cfg
         if p.grounded and p.required_labels and cfg.retry_large_cap > 0 and not p.large:
             log.warning("this engine cannot read pages in Large mode: the Large-mode retry for pages "
                         "without %s is off", ",".join(p.required_labels))
@@ -226,36 +251,31 @@ class Pipeline:
             self._finalize(pdf)
 
     def _finalize(self, pdf: PdfProgress) -> None:
-        job, entry = pdf.job, self.report.entry(pdf.job.name)
+        job = pdf.job
         write_atomic(job.md_path, assemble(list(pdf.results.values())))
         failed = sorted(r.page for r in pdf.results.values() if r.status == PageStatus.FAILED)
         if failed:
-            entry.status = PdfStatus.PARTIAL        # the journal stays: the next run redoes only these
+            status = PdfStatus.PARTIAL        # the journal stays: the next run redoes only these
         else:
             self.store.mark_complete(job, pdf.source, pdf.total)
             self.store.drop_journal(job)
-            entry.status = PdfStatus.COMPLETE
-        entry.output = job.md_path.relative_to(self.cfg.output_dir).as_posix()
-        entry.seconds = time.monotonic() - pdf.started
+            status = PdfStatus.COMPLETE
         del self._pdfs[job.index]
-        log.info("%s: %s, %d pages%s", job.name, entry.status.value, pdf.total,
+        log.info("%s: %s, %d pages%s", job.name, status.value, pdf.total,
                  f", failed pages {failed}" if failed else "")
+        self._settle(job, status, output=job.md_path.relative_to(self.cfg.output_dir).as_posix(),
+                     seconds=time.monotonic() - pdf.started)
+
+    def _settle(self, job: PdfJob, status: PdfStatus, **details: object) -> None:
+        """The one place a PDF's outcome reaches the report (and the on_pdf_done hook)."""
+        self.report.pdf_settled(job.name, status, **details)  # type: ignore[arg-type]
+        if self.on_pdf_done is not None:
+            self.on_pdf_done(job, status)
 
     def _maybe_write_report(self) -> None:
         if time.monotonic() - self._last_report > REPORT_EVERY_S:
             self._last_report = time.monotonic()
             self.report.write()
-
-    def _count_pages(self, jobs: list[PdfJob]) -> None:
-        """Total pages for the progress bar's ETA, counted beside the run."""
-        total = 0
-        for job in jobs:
-            try:
-                with open_pdf(job.path) as doc:
-                    total += min(doc.page_count, self.cfg.max_pages or doc.page_count)
-            except (PdfError, OSError):
-                continue
-        self.progress.set_total(total)
 
 
 def _why(request: PageRequest) -> str:

@@ -17,8 +17,9 @@ class Progress:
         self._bar.update(1)
         self._bar.set_postfix_str(f"{self._tokens} tokens", refresh=False)
 
-    def set_total(self, total: int) -> None:
-        self._bar.total = max(total, self._bar.n)
+    def add_total(self, pages: int) -> None:
+        """More pages to do (a PDF was opened): the total grows as the run opens PDFs."""
+        self._bar.total = max((self._bar.total or 0) + pages, self._bar.n)
         self._bar.refresh()
 
     def close(self) -> None:

@@ -7,6 +7,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .engines.base import Failure
+
 
 @dataclass(frozen=True)
 class PdfJob:
@@ -53,7 +55,7 @@ class PageRequest:
     image: Any
     prompt: str
     attempt: int = 0    # which pass asked for it (ocr.passes.ATTEMPT_*)
-    vision: str = "gundam"      # DeepSeek-OCR resolution mode, a name in ocr.large_mode.MODES
+    vision: str = "gundam"      # DeepSeek-OCR resolution mode, a name in ocr.engines.vision_modes.MODES
     sampling: Any = None        # ocr.runaway.RetrySampling for a retry; None: the run's greedy settings
     part: int = 0               # 0: the whole page; n: its n-th ROI crop
 
@@ -61,10 +63,12 @@ class PageRequest:
     def request_id(self) -> str:
         return self.key.request_id(self.attempt, self.part)
 
-    def answer(self, text: str, tokens: int, finish_reason: str | None,
-               error: str | None = None) -> "EngineOutput":
-        return EngineOutput(self.key, text, tokens, finish_reason, error=error, attempt=self.attempt,
-                            part=self.part)
+    def answer(self, text: str, tokens: int, finish_reason: str | None, failure: Failure | None = None,
+               detail: str | None = None) -> "EngineOutput":
+        """The engine's answer to this request; with `failure`, its error reads "<failure>: <detail>"."""
+        error = None if failure is None else failure.value + (f": {detail}" if detail else "")
+        return EngineOutput(self.key, text, tokens, finish_reason, failure=failure, error=error,
+                            attempt=self.attempt, part=self.part)
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,8 @@ class EngineOutput:
     text: str
     tokens: int
     finish_reason: str | None   # "stop", "length", ... as vLLM reports it
-    error: str | None = None
+    failure: Failure | None = None
+    error: str | None = None    # the failure's message (set with failure)
     attempt: int = 0
     part: int = 0
 
@@ -90,13 +95,15 @@ class PageResult:
     text: str
     tokens: int = 0
     finish_reason: str | None = None
-    error: str | None = None
+    error: str | None = None            # a failed page's message (its stub reads "[[Page N failed: ...]]")
     counters: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    failure: Failure | None = None      # why a failed page failed
 
     def to_json(self) -> dict[str, Any]:
         return {"page": self.page, "status": self.status.value, "text": self.text, "tokens": self.tokens,
-                "finish_reason": self.finish_reason, "error": self.error, "counters": self.counters,
+                "finish_reason": self.finish_reason, "error": self.error,
+                "failure": self.failure.name if self.failure else None, "counters": self.counters,
                 "stats": self.stats}
 
     @classmethod
@@ -104,4 +111,9 @@ class PageResult:
         return cls(page=int(d["page"]), status=PageStatus(d["status"]), text=d["text"],
                    tokens=int(d.get("tokens", 0)), finish_reason=d.get("finish_reason"),
                    error=d.get("error"), counters=dict(d.get("counters") or {}),
-                   stats=dict(d.get("stats") or {}))
+                   stats=dict(d.get("stats") or {}), failure=_failure(d.get("failure")))
+
+
+def _failure(name: str | None) -> Failure | None:
+    """A journal line's failure kind; journals written before kinds existed (or by a newer runner) have none."""
+    return Failure.__members__.get(name) if name else None

@@ -59,6 +59,19 @@ class RunReport:
     def entry(self, pdf: str) -> PdfEntry:
         return self.pdfs.setdefault(pdf, PdfEntry(pdf))
 
+    def pdf_opened(self, pdf: str, pages: int, resumed: list[PageResult]) -> None:
+        """A PDF about to be OCRed: its page count, and the pages an earlier run's journal already holds."""
+        e = self.entry(pdf)
+        e.pages, e.resumed_pages = pages, len(resumed)
+        for result in resumed:
+            self.add_page(pdf, result)
+
+    def pdf_settled(self, pdf: str, status: PdfStatus, error: str | None = None, output: str | None = None,
+                    seconds: float = 0.0) -> None:
+        """A PDF's outcome: written (complete or partial), failed, or skipped as complete."""
+        e = self.entry(pdf)
+        e.status, e.error, e.output, e.seconds = status, error, output, seconds
+
     def add_page(self, pdf: str, result: PageResult) -> None:
         e = self.entry(pdf)
         e.tokens += result.tokens

@@ -1,4 +1,5 @@
-"""A scripted engine double with the VllmEngine interface: deterministic text, and deaths or hangs on cue."""
+"""A scripted engine double with the whole Engine contract (ocr.engines.base): deterministic text, and deaths or
+hangs on cue. No vLLM import: pipeline tests run where vLLM is not installed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 import time
 from typing import Callable
 
+from ocr.engines.base import EngineCaps, EngineDead
 from ocr.records import EngineOutput, PageRequest
 
 SPECIAL_TOKENS = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>",
@@ -20,7 +22,7 @@ def page_text(request: PageRequest) -> str:
 
 
 class ScriptedEngine:
-    special_tokens = SPECIAL_TOKENS
+    """The Engine contract, scripted."""
 
     def __init__(self, script: Callable[[PageRequest], str | tuple[str, str | None]] = page_text,
                  kills: set[tuple[int, int]] = frozenset(), hangs: set[tuple[int, int]] = frozenset(),
@@ -32,7 +34,9 @@ class ScriptedEngine:
         self.step_s = step_s                           # seconds an engine step takes, as on a GPU
         self.silent_kills = silent_kills               # the process dies and poll blocks (vLLM 0.32's sync client)
         self.dead = False
-        self.vision_modes, self.retry_sampling = vision_modes, retry_sampling   # what VllmEngine offers
+        # what VllmEngine offers, without a repetition guard
+        self.caps = EngineCaps(special_tokens=SPECIAL_TOKENS, vision_modes=vision_modes, ngram=(0, 0),
+                               retry_sampling=retry_sampling, load_seconds=0.0)
         self.kill_if = kill_if                         # requests that kill the engine (e.g. a pass's crops)
         self.log = log if log is not None else []    # every (pdf, page, attempt) submitted, across engines
         self._in: dict[str, PageRequest] = {}
@@ -55,10 +59,7 @@ class ScriptedEngine:
             return []
         killing = self.kill_if is not None and any(self.kill_if(r) for r in list(self._in.values())[: self.per_poll])
         if due & self.kills or killing:
-            # the same exception type vLLM raises when its engine core dies (imported late: vLLM is slow
-            # to import, and subprocess drivers that never kill should start fast)
-            from vllm.v1.engine.exceptions import EngineDeadError
-            raise EngineDeadError()
+            raise EngineDead("EngineDeadError: the engine core died")   # what VllmEngine turns vLLM's into
         if keys & self.hangs:
             self._released.wait(3600)          # like a stuck GPU: returns only when the engine is torn down
             return []

@@ -167,39 +167,44 @@ class _FakeLLM:
 
 
 class _FakeVllmEngine:
-    """Stands in for ocr.engine.VllmEngine: the runner's Engine interface plus what the bench reads."""
+    """Stands in for ocr.engines.vllm.VllmEngine: the Engine contract plus what the bench reads, with the
+    bench's hooks applied where VllmEngine applies them."""
     instances: list = []
 
-    def __init__(self, cfg):
-        from ocr.engine import sampling_params  # the bench's wrapper must be what an engine gets
+    def __init__(self, cfg, platform=None, hooks=None):
+        from ocr.engines.base import EngineCaps
+        from ocr.engines.vllm import VllmHooks
+        self.hooks = hooks or VllmHooks()
         self.llm, self._params = _FakeLLM(), _Params(cfg.max_tokens)
-        self._params.ignore_eos = getattr(sampling_params, "__wrapped__", None) is not None
-        self.special_tokens, self.guard_active, self.load_seconds = (), True, 0.1
+        self.caps = EngineCaps(special_tokens=(), vision_modes=("gundam",), ngram=(30, 90), retry_sampling=True,
+                               load_seconds=0.1, guard_active=True)
         self._in: list = []
         self.closed = False
         _FakeVllmEngine.instances.append(self)
 
-    def _process_inputs(self, rid, request):
-        return rid
-
-    def _params_for(self, request):
-        return self._params
+    def params_for(self, request=None):
+        return self.hooks.params(self._params, request) if self.hooks.params else self._params
 
     def submit(self, request):
-        self._process_inputs("x", request)
-        self._in.append(request)
+        params = self.params_for(request)
+        if self.hooks.around_prepare:
+            self.hooks.around_prepare(lambda: request.request_id)
+        self._in.append((request, params))
 
     def poll(self):
         from ocr.records import EngineOutput
         done, self._in = self._in, []
-        return [EngineOutput(r.key, "# Page\n\n" + "word " * n, n, "length", attempt=r.attempt)
-                for r, n in ((r, self._params_for(r).max_tokens) for r in done)]
+        return [EngineOutput(r.key, "# Page\n\n" + "word " * p.max_tokens, p.max_tokens, "length", attempt=r.attempt)
+                for r, p in done]
 
     def in_flight(self):
         return len(self._in)
 
+    def alive(self):
+        return True
+
     def lost_requests(self):
-        lost, self._in = self._in, []
+        lost, self._in = [r for r, _ in self._in], []
         return lost
 
     def close(self):
@@ -208,11 +213,8 @@ class _FakeVllmEngine:
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    import ocr.engine
-    # the bench wraps these two for its process: restore them after the test
-    monkeypatch.setattr(ocr.engine, "engine_kwargs", ocr.engine.engine_kwargs)
-    monkeypatch.setattr(ocr.engine, "sampling_params", ocr.engine.sampling_params)
-    monkeypatch.setattr(ocr.engine, "VllmEngine", _FakeVllmEngine)
+    import ocr.engines.vllm
+    monkeypatch.setattr(ocr.engines.vllm, "VllmEngine", _FakeVllmEngine)
     _FakeVllmEngine.instances.clear()
     sys.path.insert(0, str(ROOT / "bench"))
     import bench

@@ -148,7 +148,7 @@ def test_engine_left_by_a_killed_runner_is_reaped(tmp_path):
     import sys
 
     import psutil
-    from ocr.engine import reap_stale_engine
+    from ocr.engines.processes import reap_stale_engine
 
     dead_runner = subprocess.Popen([sys.executable, "-c", "pass"])
     created = psutil.Process(dead_runner.pid).create_time()

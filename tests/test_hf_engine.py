@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, load_report
-from ocr import hf_engine
+from ocr.engines import hf as hf_engine
 from ocr.checkpoint import SetupError
-from ocr.hf_engine import Generated, HfEngine, HfPlan, split_generated
+from ocr.engines.hf import Generated, HfEngine, HfPlan, split_generated
 from ocr.models import DEEPSEEK_OCR, DEEPSEEK_OCR2, Checkpoint
 from ocr.records import PageKey, PageRequest
 from pdfgen import ENGLISH, GREEK, make_pdf
@@ -105,7 +105,7 @@ def test_pages_go_through_in_batches_of_batch_pages():
     assert backend.batches == [[1, 2, 3], [4, 5, 6], [7]]
     assert [(o.key.page, o.text, o.attempt, o.finish_reason) for o in outs[:3]] == \
         [(1, "page 1", 1, "stop"), (2, "page 2", 0, "length"), (3, "page 3", 1, "stop")]
-    assert eng.poll() == [] and eng.guard_active is True and eng.load_seconds >= 0
+    assert eng.poll() == [] and eng.caps.guard_active is True and eng.caps.load_seconds >= 0
 
 
 def test_a_failing_batch_is_rerun_page_by_page_and_only_the_bad_page_errs():
@@ -215,7 +215,7 @@ def test_pipeline_runs_on_the_transformers_engine(tmp_path, inline_render):
     backend = FakeBackend()
     code = main(["--input-dir", str(src), "--output-dir", str(out), "--render-workers", "1", "--no-progress",
                  "--batch-pages", "2"], engine_factory=lambda: engine(backend, batch_pages=2),
-                prog=hf_engine.PROG)
+                runner=hf_engine.RUNNER)
     assert code == 0
     assert all(len(b) <= 2 for b in backend.batches) and sum(map(len, backend.batches)) == 4
     mixed = (out / "mixed.md").read_text(encoding="utf-8")
@@ -350,13 +350,13 @@ NO_VLLM_DRIVER = """
 import sys
 sys.modules["vllm"] = None                       # any import of vllm now fails, as where it is not installed
 sys.path[:0] = [{root!r}, {tests!r}]
-from ocr import hf_engine
+from ocr.engines import hf as hf_engine
 from ocr.cli import main
 from ocr.models import DEEPSEEK_OCR2, Checkpoint
 from test_hf_engine import FakeBackend
 p = hf_engine.HfPlan(Checkpoint("tiny", DEEPSEEK_OCR2, "original"), "cpu", "float32", 2, 16, 20)
 sys.exit(main(sys.argv[1:], engine_factory=lambda: hf_engine.HfEngine(p, lambda _: FakeBackend()),
-              prog=hf_engine.PROG))
+              runner=hf_engine.RUNNER))
 """
 
 

@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from ocr import large_mode, vllm_plugin
-from ocr.large_mode import (GUNDAM, LARGE, counters, engine_prompt, expected_large_tokens,
-                            keep_large, missing_labels, parse_required, prepare_image)
+from ocr import large_mode
+from ocr.engines import vision_modes
+from ocr.engines.vision_modes import GUNDAM, LARGE, engine_prompt, expected_large_tokens, prepare_image
+from ocr.large_mode import counters, keep_large, missing_labels, parse_required
 
 RAW = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "raw_outputs"
 TABLE_PAGE = ("<|ref|>title<|/ref|><|det|>[[50, 20, 950, 60]]<|/det|>\n# Prices\n\n"
@@ -86,8 +87,8 @@ def test_large_request_is_padded_square_with_processor_kwargs():
     sent = prompt["multi_modal_data"]["image"]
     assert prompt["mm_processor_kwargs"] == {"base_size": 1280, "image_size": 1280, "crop_mode": False}
     assert sent.size == (800, 800)
-    assert sent.getpixel((0, 400)) == large_mode.PAD_COLOR and sent.getpixel((400, 400)) == (255, 255, 255)
-    assert sent.getpixel((799, 400)) == large_mode.PAD_COLOR
+    assert sent.getpixel((0, 400)) == vision_modes.PAD_COLOR and sent.getpixel((400, 400)) == (255, 255, 255)
+    assert sent.getpixel((799, 400)) == vision_modes.PAD_COLOR
 
 
 def test_gundam_request_is_unchanged():
@@ -99,9 +100,9 @@ def test_gundam_request_is_unchanged():
 
 def test_token_counts():
     assert expected_large_tokens() == 421            # ceil(1280/16/4)=20: 20 x (20+1) + separator
-    assert vllm_plugin.view_tokens(1280, 1280, (1, 1)) == 421
-    assert vllm_plugin.view_tokens(1024, 640, (1, 1)) == 273
-    assert vllm_plugin.view_tokens(1024, 640, (2, 3)) == 273 + 30 * 21
+    assert vision_modes.view_tokens(1280, 1280, (1, 1)) == 421
+    assert vision_modes.view_tokens(1024, 640, (1, 1)) == 273
+    assert vision_modes.view_tokens(1024, 640, (2, 3)) == 273 + 30 * 21
 
 
 def test_token_counts_match_vllms_gundam_formula():
@@ -111,8 +112,8 @@ def test_token_counts_match_vllms_gundam_formula():
 
     for w, h in [(500, 600), (900, 1200), (2000, 1000), (1240, 1754), (640, 6000)]:
         stock = DeepseekOCRProcessingInfo.get_num_image_tokens(None, image_width=w, image_height=h)
-        assert large_mode.image_tokens(GUNDAM, w, h) == stock, (w, h)
-        assert large_mode.image_tokens(LARGE, w, h) == 421
+        assert vision_modes.image_tokens(GUNDAM, w, h) == stock, (w, h)
+        assert vision_modes.image_tokens(LARGE, w, h) == 421
 
 
 def test_plugin_counts_from_the_produced_tensors_and_from_settings():
@@ -127,22 +128,22 @@ def test_plugin_counts_from_the_produced_tensors_and_from_settings():
              "images_spatial_crop": field(torch.tensor([1, 1]))}
     gundam = {"pixel_values": field(torch.zeros(3, 1024, 1024)), "images_crop": field(torch.zeros(6, 3, 640, 640)),
               "images_spatial_crop": field(torch.tensor([2, 3]))}
-    assert vllm_plugin._item_tokens(large) == 421
-    assert vllm_plugin._item_tokens(gundam) == 903
-    assert vllm_plugin._item_tokens({"pixel_values": field(None)}) is None
-    assert vllm_plugin._kwargs_tokens(LARGE.processor_kwargs(), 900, 1200, m) == 421
+    assert vision_modes._item_tokens(large) == 421
+    assert vision_modes._item_tokens(gundam) == 903
+    assert vision_modes._item_tokens({"pixel_values": field(None)}) is None
+    assert vision_modes._kwargs_tokens(LARGE.processor_kwargs(), 900, 1200, m) == 421
     for w, h in [(500, 600), (900, 1200), (2000, 1000)]:
         stock = m.DeepseekOCRProcessingInfo.get_num_image_tokens(None, image_width=w, image_height=h)
-        assert vllm_plugin._kwargs_tokens({}, w, h, m) == stock
+        assert vision_modes._kwargs_tokens({}, w, h, m) == stock
 
 
 def test_register_can_be_switched_off(monkeypatch):
     calls = []
-    monkeypatch.setattr(vllm_plugin, "install", lambda: calls.append(1))
-    monkeypatch.setenv(vllm_plugin.DISABLE_ENV, "0")
-    vllm_plugin.register()
-    monkeypatch.delenv(vllm_plugin.DISABLE_ENV)
-    vllm_plugin.register()
+    monkeypatch.setattr(vision_modes, "install", lambda: calls.append(1))
+    monkeypatch.setenv(vision_modes.DISABLE_ENV, "0")
+    vision_modes.register()
+    monkeypatch.delenv(vision_modes.DISABLE_ENV)
+    vision_modes.register()
     assert calls == [1]
 
 
@@ -152,24 +153,24 @@ def test_install_refuses_an_unknown_vllm(monkeypatch):
     from vllm.model_executor.models import deepseek_ocr as m
 
     monkeypatch.delattr(m, "PromptReplacement")
-    assert vllm_plugin.install() is False and not vllm_plugin.is_installed()
+    assert vision_modes.install() is False and not vision_modes.is_installed()
 
 
 # --- registering the plugin -----------------------------------------------------------------------------
 
 def test_activate_registers_the_entry_point(tmp_path, monkeypatch):
-    monkeypatch.setattr(vllm_plugin, "install", lambda: True)      # this test patches nothing
+    monkeypatch.setattr(vision_modes, "install", lambda: True)      # this test patches nothing
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     monkeypatch.setenv("VLLM_PLUGINS", "other")
-    dist = vllm_plugin.activate(tmp_path / "plug")
+    dist = vision_modes.activate(tmp_path / "plug")
     assert dist.is_dir() and str(tmp_path / "plug") in sys.path
     assert os.environ["PYTHONPATH"].split(os.pathsep)[-1] == "/elsewhere"
     assert str(tmp_path / "plug") in os.environ["PYTHONPATH"].split(os.pathsep)
-    assert os.environ["VLLM_PLUGINS"] == f"other,{vllm_plugin.PLUGIN_NAME}"
+    assert os.environ["VLLM_PLUGINS"] == f"other,{vision_modes.PLUGIN_NAME}"
     found = [ep for ep in importlib.metadata.entry_points(group="vllm.general_plugins")
-             if ep.name == vllm_plugin.PLUGIN_NAME]
-    assert found and found[0].load() is vllm_plugin.register
+             if ep.name == vision_modes.PLUGIN_NAME]
+    assert found and found[0].load() is vision_modes.register
 
 
 # --- the real engine ------------------------------------------------------------------------------------
@@ -181,8 +182,8 @@ if __name__ == "__main__":
     start = time.monotonic()
     sys.path.insert(0, sys.argv[1])
     from PIL import Image, ImageDraw
-    from ocr import large_mode, vllm_plugin
-    vllm_plugin.activate(Path(sys.argv[3]))
+    from ocr.engines import vision_modes
+    vision_modes.activate(Path(sys.argv[3]))
     from vllm import LLM, SamplingParams
     kwargs = dict(model=sys.argv[2], dtype="float32", skip_mm_profiling=True, block_size=256, max_model_len=8192,
                   limit_mm_per_prompt={"image": 1}, enable_prefix_caching=False, mm_processor_cache_gb=0,
@@ -197,9 +198,9 @@ if __name__ == "__main__":
         return img
     prompt = "<image>\nFree OCR."
     requests = [  # the first keeps the engine busy, so the next two reach the encoder in one batch
-        large_mode.engine_prompt(prompt, page((500, 400), "first")),
-        large_mode.engine_prompt(prompt, page((480, 640), "gundam")),
-        large_mode.engine_prompt(prompt, page((600, 800), "large"), large_mode.LARGE),
+        vision_modes.engine_prompt(prompt, page((500, 400), "first")),
+        vision_modes.engine_prompt(prompt, page((480, 640), "gundam")),
+        vision_modes.engine_prompt(prompt, page((600, 800), "large"), vision_modes.LARGE),
     ]
     image_id = llm.get_tokenizer().convert_tokens_to_ids("<image>")
     outs = llm.generate(requests, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True), use_tqdm=False)
@@ -231,7 +232,7 @@ def test_real_engine_runs_a_large_request_beside_gundam_ones(tmp_path):
     first, gundam, large = json.loads(lines[0][len("RESULT "):])
     assert gundam["image_tokens"] == 273                       # 480x640: global view only
     assert large["image_tokens"] == expected_large_tokens() == 421
-    stock = large_mode.image_tokens(GUNDAM, 800, 800)          # what stock vLLM counts for that image
+    stock = vision_modes.image_tokens(GUNDAM, 800, 800)          # what stock vLLM counts for that image
     assert stock != 421
     assert large["prompt_tokens"] - gundam["prompt_tokens"] == 421 - 273
     assert all(r["generated"] == 4 and r["finish_reason"] == "length" for r in (first, gundam, large))

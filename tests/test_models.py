@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 from ocr import models
 from ocr.checkpoint import SetupError
-from ocr.engine import PROMPTS as ENGINE_PROMPTS
+from ocr.models import PROMPTS as ENGINE_PROMPTS
 from ocr.models import DEEPSEEK_OCR, DEEPSEEK_OCR2, Checkpoint
 
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
@@ -96,7 +96,8 @@ def test_ngram_defaults_per_family_and_flags_win():
     v2 = Checkpoint("m", DEEPSEEK_OCR2, "original")
     assert v1.ngram(None, None) == (30, 90) and v2.ngram(None, None) == (20, 90)
     assert v2.ngram(0, None) == (0, 90) and v1.ngram(40, 50) == (40, 50)
-    assert DEEPSEEK_OCR.hf_ngram_size == DEEPSEEK_OCR2.hf_ngram_size == 20
+    from ocr.engines.hf import SPEC   # DeepSeek's HF infer() uses no_repeat_ngram_size 20 for both families
+    assert SPEC.defaults["ngram_size"] == 20
 
 
 def test_both_families_use_the_prompts_the_pipeline_sends():

@@ -12,7 +12,9 @@ from conftest import load_report, pdf_entry, run_cli
 from doubles import ScriptedEngine
 from pdfgen import ENGLISH, GREEK, make_pdf, numbered_pages
 from ocr.passes import (ATTEMPT_AGAIN, ATTEMPT_FIRST, ATTEMPT_LARGE, ATTEMPT_ROI, ATTEMPT_RUNAWAY, Final,
-                        LargeCap, PageWork, PassSettings)
+                        LargeCap, PageWork, PassSettings, settings_for)
+from ocr.config import parse_config
+from ocr.engines.base import EngineCaps, Failure
 from ocr.records import PageKey, PageRequest
 from ocr.roi import FREE_OCR, MARKDOWN
 
@@ -230,7 +232,7 @@ def test_roi_answers_with_errors_or_cut_at_max_tokens_keep_the_original(tmp_path
 
     def poll():          # the table crop comes back as an engine error (input processing failed)
         return [o if o.part == 0 or o.text or o.finish_reason else
-                replace(o, error="input processing failed") for o in real_poll()]
+                replace(o, failure=Failure.INPUT_REJECTED, error="input processing failed") for o in real_poll()]
     engine.poll = poll
     code, report, md = cli(tmp_path, engine, "--mode", "grounded", "--roi-pass")
     assert code == 0 and "half a sentence" not in md
@@ -265,28 +267,36 @@ def test_roi_pass_needs_grounded_mode(tmp_path):
 
 # --- the page state machine, one answer at a time ----------------------------------------------------------
 
+def _settings(**over) -> PassSettings:
+    """The passes of a default run with an engine that has Large mode off, sampling and the 30/90 guard."""
+    cfg = parse_config(["--input-dir", ".", "--output-dir", "o"])
+    caps = EngineCaps(special_tokens=(), vision_modes=("gundam",), ngram=(30, 90), retry_sampling=True)
+    return replace(settings_for(cfg, caps), **over)
+
+
 def _work(settings: PassSettings, cap: int = 4) -> PageWork:
     request = PageRequest(PageKey(0, 1), Image.new("RGB", (1000, 1000), "white"), "<image>\nx")
     return PageWork(request, settings, LargeCap(cap))
 
 
-def _answer(request: PageRequest, text: str, finish: str | None = "stop", error: str | None = None):
-    return request.answer(text, len(text.split()), finish, error=error)
+def _answer(request: PageRequest, text: str, finish: str | None = "stop", failure: Failure | None = None,
+            detail: str | None = None):
+    return request.answer(text, len(text.split()), finish, failure, detail)
 
 
 def test_an_engine_error_is_retried_once_with_the_same_request():
-    work = _work(PassSettings())
-    again = work.on_output(_answer(work.request, "", None, error="input processing failed"))
+    work = _work(_settings())
+    again = work.on_output(_answer(work.request, "", None, Failure.INPUT_REJECTED))
     assert [r.attempt for r in again] == [ATTEMPT_AGAIN] and again[0].prompt == work.request.prompt
-    final = work.on_output(_answer(again[0], "", None, error="input processing failed"))
+    final = work.on_output(_answer(again[0], "", None, Failure.INPUT_REJECTED))
     assert isinstance(final, Final) and final.error == "input processing failed"
 
 
 def test_a_page_that_kills_the_engine_is_not_retried():
-    from ocr.supervise import KILLER_ERROR
-    work = _work(PassSettings())
-    final = work.on_output(_answer(work.request, "", None, error=KILLER_ERROR))
-    assert isinstance(final, Final) and final.error == KILLER_ERROR
+    work = _work(_settings())
+    final = work.on_output(_answer(work.request, "", None, Failure.KILLS_ENGINE))
+    assert isinstance(final, Final) and final.failure is Failure.KILLS_ENGINE
+    assert final.error == "engine crashed on this page"
 
 
 @pytest.mark.parametrize("first,finish,retry_vision,sampled", [
@@ -295,13 +305,13 @@ def test_a_page_that_kills_the_engine_is_not_retried():
     ("", "stop", "large", False),
 ])
 def test_retry_settings_follow_the_failure_shape(first, finish, retry_vision, sampled):
-    work = _work(PassSettings(large=True))
+    work = _work(_settings(large=True))
     retry = work.on_output(_answer(work.request, first, finish))
     assert [(r.attempt, r.vision, r.sampling is not None) for r in retry] == [(ATTEMPT_RUNAWAY, retry_vision, sampled)]
 
 
 def test_tokens_of_every_attempt_are_counted():
-    work = _work(PassSettings(mode="grounded", large=True))
+    work = _work(_settings(mode="grounded", large=True))
     large = work.on_output(_answer(work.request, PARAGRAPH))
     final = work.on_output(_answer(large[0], PARAGRAPH + "\n" + TABLE))
     assert isinstance(final, Final) and final.tokens == 2 * len(PARAGRAPH.split()) + len(TABLE.split())

@@ -10,7 +10,7 @@ import pytest
 
 from ocr.config import Config, build_parser, parse_config
 from ocr.discover import assign_shards, find_pdfs, plan_jobs
-from ocr.engine import Platform, check_tensor_parallel, engine_kwargs
+from ocr.engines.vllm import Platform, check_tensor_parallel, engine_kwargs
 from ocr.render import page_zoom
 
 
@@ -162,3 +162,26 @@ def test_the_newest_manifest_entry_wins_across_worker_files(tmp_path):
     Store(state, {"dpi": 144}).mark_complete(job, source_id(job.path), 1)
     assert Store(state, {"dpi": 144}).is_complete(job)
     assert not Store(state, {"dpi": 200}).is_complete(job)
+
+
+def test_mm_encoder_cudagraph_where_this_vllm_has_it(monkeypatch):
+    import ocr.engines.vllm as ev
+    h100 = Platform("cuda", fp8_kv=True, capability=(9, 0))
+    assert ev.has_mm_encoder_cudagraph()                      # vLLM 0.32's CompilationConfig has the field
+    kw, _ = engine_kwargs(cfg(mm_encoder_cudagraph=True), h100)
+    assert kw["compilation_config"] == {"cudagraph_mm_encoder": True}
+    assert "compilation_config" not in engine_kwargs(cfg(), h100)[0]
+    monkeypatch.setattr(ev, "has_mm_encoder_cudagraph", lambda: False)
+    kw, notes = engine_kwargs(cfg(mm_encoder_cudagraph=True), h100)
+    assert "compilation_config" not in kw
+    assert [n for n in notes if "cudagraph_mm_encoder" in n] == [
+        f"vLLM {ev.vllm_version()} has no compilation_config.cudagraph_mm_encoder: --mm-encoder-cudagraph has "
+        f"no effect"]
+
+
+def test_engine_kwargs_override_comes_last():
+    kw, notes = engine_kwargs(cfg(), Platform("cpu", fp8_kv=False),
+                              {"max_num_batched_tokens": 8192, "hf_overrides": {"model_type": "deepseek_vl_v2"}})
+    assert kw["max_num_batched_tokens"] == 8192 and kw["hf_overrides"]["model_type"] == "deepseek_vl_v2"
+    assert kw["hf_overrides"]["architectures"] == ["DeepseekOCRForCausalLM"]
+    assert any(n.startswith("engine kwargs overrides:") for n in notes)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter, deque
-import threading
 from concurrent.futures import Future, TimeoutError as StepTimeout
 from typing import Callable
 
-from .engine import Engine, EngineDead, dead_errors
-from .records import EngineOutput, PageKey, PageRequest
+from ..records import EngineOutput, PageKey, PageRequest
+from .base import Engine, EngineDead, Failure
 
 log = logging.getLogger(__name__)
-KILLER_ERROR = "engine crashed on this page"
 LIVENESS_CHECK_S = 1.0     # how often a waiting step checks that the engine processes still exist
 
 
@@ -50,7 +49,7 @@ class Supervisor:
 
     def submit(self, request: PageRequest) -> None:
         if request.key in self.isolated:      # a later pass of a page that kills the engine: not sent
-            self._refused.append(request.answer("", 0, None, error=KILLER_ERROR))
+            self._refused.append(request.answer("", 0, None, Failure.KILLS_ENGINE))
             return
         if self.engine.in_flight() == 0:
             self._last_progress = time.monotonic()
@@ -59,7 +58,7 @@ class Supervisor:
             return
         try:
             self.engine.submit(request)
-        except dead_errors() as exc:
+        except EngineDead as exc:
             self._dead = _cause(exc)
             self._orphans.append(request)
 
@@ -77,7 +76,7 @@ class Supervisor:
             return self._recover(self._dead)
         try:
             outputs = self._step()
-        except dead_errors() as exc:
+        except EngineDead as exc:
             return self._recover(_cause(exc))
         if outputs:
             self._last_progress = time.monotonic()
@@ -102,12 +101,11 @@ class Supervisor:
 
         threading.Thread(target=step, name="engine-step", daemon=True).start()
         deadline = self._last_progress + self.page_timeout
-        alive = getattr(self.engine, "alive", lambda: True)
         while True:
             try:
                 return future.result(timeout=min(LIVENESS_CHECK_S, max(0.0, deadline - time.monotonic())))
             except StepTimeout:
-                if not alive():
+                if not self.engine.alive():
                     raise EngineDead("engine process exited") from None
                 if time.monotonic() >= deadline:
                     raise EngineDead(f"engine hung: no page finished for {self.page_timeout:.0f} s") from None
@@ -150,7 +148,7 @@ class Supervisor:
             return []
         self.isolated.append(request.key)
         log.error("page %d of PDF #%d kills the engine: giving up on it", request.key.page, request.key.pdf)
-        return [request.answer("", 0, None, error=KILLER_ERROR)]
+        return [request.answer("", 0, None, Failure.KILLS_ENGINE)]
 
     def _close_engine(self) -> None:
         try:
@@ -162,6 +160,6 @@ class Supervisor:
         self._close_engine()
 
 
-def _cause(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, EngineDead) else f"{type(exc).__name__}: {exc}"
+def _cause(exc: EngineDead) -> str:
+    return str(exc) or type(exc).__name__
 

@@ -12,10 +12,8 @@ whole sequence (20), at most --max-tokens new tokens, stop at EOS (or a new chat
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import logging
-import sys
 import tempfile
 import threading
 import time
@@ -24,33 +22,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from . import models
-from .checkpoint import SetupError, resolve_model
-from .config import Config, UsageError, build_parser, validate
-from .engine import STOP_STRINGS
-from .records import EngineOutput, PageRequest
+from .. import models
+from ..checkpoint import SetupError, resolve_model
+from ..cli import Runner, main as cli_main
+from ..config import Config, RunnerSpec, foreign_flags, parse_config
+from ..models import STOP_STRINGS
+from ..records import EngineOutput, PageRequest
+from .base import EngineCaps, Failure
+from .vision_modes import GUNDAM
 
 log = logging.getLogger(__name__)
-PROG = "run_pdf_ocr.py"
-DESCRIPTION = ("OCR every PDF under --input-dir into Markdown with DeepSeek-OCR in Hugging Face transformers, "
-               "in one process (no vLLM): the reference for run_pdf_ocr_vllm.py. Same flags and outputs; "
-               "--batch-pages is the number of pages per generate() call; vLLM-only flags are accepted and "
-               "ignored with a warning.")
-# Defaults that differ from the vLLM runner's: static batches must stay small (a batch runs as long as its
-# longest page), and DeepSeek's HF infer() uses no_repeat_ngram_size=20.
-RUNNER_DEFAULTS = {"batch_pages": 8, "ngram_size": 20}
-RUNNER_HELP = {  # where a shared flag means something else here
-    "batch_pages": "pages per generate() call (static batches: a batch takes as long as its longest page)",
-    "ngram_size": "no_repeat_ngram_size of generate(), over the whole sequence as in DeepSeek's HF infer() "
-                  "(0 turns it off)",
-    "trust_remote_code": "allow DeepSeek-OCR (v1) to run its own modeling_deepseekocr.py (CUDA only); "
-                         "DeepSeek-OCR-2 is built into transformers and needs no code of its own",
-}
 STOP_TAIL_TOKENS = 8           # new tokens decoded per step to look for a stop string
-# Flags that only mean something to vLLM; given here, they are ignored with a warning.
-VLLM_ONLY = ("max_num_seqs", "gpu_memory_utilization", "kv_cache_dtype", "enable_fp8_weights",
-             "tensor_parallel_size", "mm_encoder_tp_mode", "block_size", "attention_backend", "enforce_eager",
-             "ngram_window", "preprocess_workers", "load_format")
+# run_pdf_ocr.py: the same fields as the vLLM runner; defaults that differ from its own: static batches must stay
+# small (a batch runs as long as its longest page), and DeepSeek's HF infer() uses no_repeat_ngram_size=20.
+SPEC = RunnerSpec(
+    prog="run_pdf_ocr.py",
+    description="OCR every PDF under --input-dir into Markdown with DeepSeek-OCR in Hugging Face transformers, "
+                "in one process (no vLLM): the reference for run_pdf_ocr_vllm.py. Same flags and outputs; "
+                "--batch-pages is the number of pages per generate() call; vLLM-only flags are accepted and "
+                "ignored with a warning.",
+    engine="hf",
+    defaults={"batch_pages": 8, "ngram_size": 20},
+    help={  # where a shared flag means something else here
+        "batch_pages": "pages per generate() call (static batches: a batch takes as long as its longest page)",
+        "ngram_size": "no_repeat_ngram_size of generate(), over the whole sequence as in DeepSeek's HF infer() "
+                      "(0 turns it off)",
+        "trust_remote_code": "allow DeepSeek-OCR (v1) to run its own modeling_deepseekocr.py (CUDA only); "
+                             "DeepSeek-OCR-2 is built into transformers and needs no code of its own",
+    },
+    foreign="ignore",
+)
+PROG = SPEC.prog
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,14 @@ def default_device() -> tuple[str, str]:
     return ("cuda", "bfloat16") if torch.cuda.is_available() else ("cpu", "float32")
 
 
+def parse(argv: Sequence[str]) -> Config:
+    """This runner's command line: the vLLM runner's fields with this runner's defaults and help."""
+    return parse_config(list(argv), SPEC)
+
+
 def ignored_flags(cfg: Config) -> list[str]:
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    return ["--" + name.replace("_", "-") for name in VLLM_ONLY
-            if name in defaults and getattr(cfg, name) != defaults[name]]
+    """vLLM-only flags given away from their defaults: this runner ignores them (with a warning)."""
+    return foreign_flags(cfg, SPEC.engine)
 
 
 def plan(cfg: Config, device: tuple[str, str] | None = None) -> HfPlan:
@@ -289,15 +295,17 @@ class HfEngine:
             log.log(logging.WARNING if note.startswith("ignored") else logging.INFO, "engine: %s", note)
         start = time.perf_counter()
         self.backend: Backend | None = backend_factory(p)
-        self.load_seconds = time.perf_counter() - start
         self.batch_pages = p.batch_pages
-        self.special_tokens = tuple(self.backend.special_tokens)
-        self.guard_active = True if p.ngram_size > 0 else None   # transformers' own n-gram processor
+        # transformers' own n-gram processor (no window); one vision mode; greedy only (no RetrySampling)
+        self.caps = EngineCaps(special_tokens=tuple(self.backend.special_tokens), vision_modes=(GUNDAM.name,),
+                               ngram=(p.ngram_size, 0), retry_sampling=False,
+                               load_seconds=time.perf_counter() - start,
+                               guard_active=True if p.ngram_size > 0 else None)
         self._device = p.device
         self._queue: deque[PageRequest] = deque()
         self._running: list[PageRequest] = []
         self._cancelled = threading.Event()
-        log.info("engine: ready in %.1f s", self.load_seconds)
+        log.info("engine: ready in %.1f s", self.caps.load_seconds)
 
     def submit(self, request: PageRequest) -> None:
         self._queue.append(request)
@@ -315,18 +323,19 @@ class HfEngine:
         if self._cancelled.is_set():           # closed meanwhile: these pages were handed back as lost
             return []
         return [r.answer(g.text, g.tokens, g.finish_reason) if isinstance(g, Generated)
-                else r.answer("", 0, None, error=g) for r, g in zip(batch, results)]
+                else r.answer("", 0, None, *g) for r, g in zip(batch, results)]
 
-    def _generate(self, backend: Backend, batch: list[PageRequest]) -> list[Generated | str]:
+    def _generate(self, backend: Backend, batch: list[PageRequest]) -> list[Generated | tuple[Failure, str | None]]:
+        """Each page's Generated, or (failure, detail) for a page that could not be generated."""
         try:
             return list(backend.generate(batch, self._cancelled))
         except Exception as exc:
             if self._cancelled.is_set():
-                return ["engine closed"] * len(batch)
+                return [(Failure.ENGINE_CLOSED, None)] * len(batch)
             self._free_memory()
             if len(batch) == 1:
                 log.warning("page %d: generate failed: %s: %s", batch[0].key.page, type(exc).__name__, exc)
-                return [f"engine error: {type(exc).__name__}: {exc}"]
+                return [(Failure.ENGINE_ERROR, f"{type(exc).__name__}: {exc}")]
             log.warning("a batch of %d pages failed (%s: %s); running them one by one", len(batch),
                         type(exc).__name__, exc)
             return [g for request in batch for g in self._generate(backend, [request])]
@@ -338,6 +347,10 @@ class HfEngine:
 
     def in_flight(self) -> int:
         return len(self._queue) + len(self._running)
+
+    def alive(self) -> bool:
+        """In this process: alive until closed (a hung generate() is caught by the supervisor's timeout)."""
+        return True
 
     def lost_requests(self) -> list[PageRequest]:
         """The pages not returned yet (queued or in the batch that was running), for requeueing."""
@@ -352,32 +365,16 @@ class HfEngine:
         self._free_memory()
 
 
-# --- the command line ---------------------------------------------------------------------------------------
-def parse(argv: Sequence[str]) -> Config:
-    parser = build_parser(prog=PROG, description=DESCRIPTION)
-    parser.set_defaults(**RUNNER_DEFAULTS)
-    for action in parser._actions:           # argparse has no public way to reword a flag's help
-        if action.dest in RUNNER_HELP:
-            action.help = RUNNER_HELP[action.dest]
-        elif action.dest in VLLM_ONLY:
-            action.help = f"vLLM only, ignored here ({action.help})"
-    return validate(Config(**vars(parser.parse_args(list(argv)))))
+# --- the runner -------------------------------------------------------------------------------------------------
+def engine_factory(cfg: Config) -> Callable[[], HfEngine]:
+    """Plans before any work (one error line for what cannot run here), then builds the engine on demand."""
+    p = plan(cfg)
+    return lambda: HfEngine(p)
+
+
+RUNNER = Runner(SPEC, engine_factory)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """run_pdf_ocr.py: the shared command line (ocr.cli.main) with this engine."""
-    from .cli import ExitCode
-    from .cli import main as cli_main
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = parse(argv)
-        if not cfg.input_dir.is_dir():
-            raise UsageError(f"--input-dir {cfg.input_dir} is not a folder")
-        p = plan(cfg)
-    except (UsageError, ValueError, SetupError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    # This runner's defaults, spelled out for the shared parser (which has the vLLM runner's).
-    resolved = ["--batch-pages", str(cfg.batch_pages), "--ngram-size", str(cfg.ngram_size)]
-    return cli_main([*argv, *resolved], engine_factory=lambda: HfEngine(p), prog=PROG)
+    """run_pdf_ocr.py: the shared command line (ocr.cli) over this runner's spec and engine."""
+    return cli_main(argv, runner=RUNNER)

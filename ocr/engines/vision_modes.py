@@ -1,6 +1,7 @@
-"""vLLM general plugin: DeepSeek-OCR vision modes (Large, Base, ...) per request, next to Gundam.
+"""DeepSeek-OCR's vision modes (Gundam, Large, Base) per request in vLLM: the requests, and the vLLM general
+plugin that makes non-Gundam requests work.
 
-vLLM 0.32 fixes DeepSeek-OCR to Gundam mode (1024 global view + 640 crops) through module constants
+The plugin. vLLM 0.32 fixes DeepSeek-OCR to Gundam mode (1024 global view + 640 crops) through module constants
 (`BASE_SIZE`, `IMAGE_SIZE`, `CROP_MODE` in `vllm/transformers_utils/processors/deepseek_ocr.py`, imported
 by name into `vllm/model_executor/models/deepseek_ocr.py`). Per-request `mm_processor_kwargs` such as
 `{"base_size": 1280, "image_size": 1280, "crop_mode": False}` already reach the HF processor, which then
@@ -30,10 +31,31 @@ The worker runs in the engine-core process; vLLM calls general plugins there (an
 through the `vllm.general_plugins` entry point. Declare it in pyproject.toml
 
     [project.entry-points."vllm.general_plugins"]
-    deepseek_ocr_vision_modes = "ocr.vllm_plugin:register"
+    deepseek_ocr_vision_modes = "ocr.engines.vision_modes:register"
 
 or call `activate(folder)` before building the engine, which writes an equivalent entry point into a
 folder on sys.path (and PYTHONPATH, for spawned processes) at run time. `register()` is idempotent.
+
+How the Large view is obtained (decision, evidence in the real-engine test tests/test_large_mode.py):
+per request, on the engine that is already running. vLLM 0.32 builds the Large view when the request
+carries `mm_processor_kwargs={"base_size": 1280, "image_size": 1280, "crop_mode": False}`; with the
+plugin patch loaded in every vLLM process (entry point `vllm.general_plugins`, or
+`activate()` at run time) the calling process counts that view's 421 placeholder tokens
+(20 x 21 grid rows with newlines + 1 separator) instead of Gundam's, and the engine-core worker encodes
+a batch of 1280 and 1024 views one image at a time. So no second engine is built, loaded or given GPU
+memory: a Large request is one more request in the continuous batch.
+
+Rejected: patching the module constants (BASE_SIZE, IMAGE_SIZE, CROP_MODE) in every process through the
+plugin. It works for an engine alone in its process, but the input processor runs in the calling process,
+whose constants then serve every engine there: the Gundam engine and a Large engine cannot live in one
+runner. (It would also need a second engine with its own weights and KV cache: on a GPU already given
+0.9 of its memory to the first one there is no room.)
+
+Two details of the Large view, both in `engine_prompt`:
+- vLLM's crop-less path stretches the page to 1280x1280; DeepSeek-OCR's own (HF) code pads it to a square
+  in the mean grey and keeps the aspect ratio. `prepare_image` pads first, so vLLM's resize only scales.
+  Boxes stay in the model's 0-999 space of the page (as with HF Large mode).
+- Gundam requests are sent exactly as before (no kwargs, no padding).
 """
 
 from __future__ import annotations
@@ -42,13 +64,16 @@ import logging
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from PIL import Image, ImageOps
 
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "deepseek_ocr_vision_modes"
-ENTRY_POINT = "ocr.vllm_plugin:register"
+ENTRY_POINT = "ocr.engines.vision_modes:register"
 DIST_NAME = "ocr_deepseek_vision_modes"
 PATCH_FLAG = "_ocr_vision_modes_patched"
 # Set to "0" to load the plugin without patching anything (to compare against stock vLLM).
@@ -232,7 +257,7 @@ def activate(folder: Path) -> Path:
                                    encoding="utf-8")
     (dist / "entry_points.txt").write_text(f"[vllm.general_plugins]\n{PLUGIN_NAME} = {ENTRY_POINT}\n",
                                            encoding="utf-8")
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     for entry in (str(folder), root):
         if entry not in sys.path:
             sys.path.insert(0, entry)
@@ -246,3 +271,72 @@ def activate(folder: Path) -> Path:
     importlib.invalidate_caches()
     install()
     return dist
+
+
+# --- the modes and their requests -------------------------------------------------------------------
+
+PAD_COLOR = (127, 127, 127)        # DeepSeek-OCR's image mean 0.5, as the processor pads
+
+
+@dataclass(frozen=True)
+class VisionMode:
+    """One of DeepSeek-OCR's resolution modes."""
+    name: str
+    base_size: int                 # global view side
+    image_size: int                # crop side (crop_mode) or resize side
+    crop_mode: bool
+
+    def processor_kwargs(self) -> dict[str, Any]:
+        """Per-request mm_processor_kwargs; empty for Gundam, vLLM's built-in mode."""
+        if self == GUNDAM:
+            return {}
+        return {"base_size": self.base_size, "image_size": self.image_size, "crop_mode": self.crop_mode}
+
+
+GUNDAM = VisionMode("gundam", 1024, 640, True)
+LARGE = VisionMode("large", 1280, 1280, False)
+BASE = VisionMode("base", 1024, 1024, False)
+MODES = {m.name: m for m in (GUNDAM, LARGE, BASE)}
+
+
+def image_tokens(mode: VisionMode, width: int, height: int) -> int:
+    """Placeholder tokens vLLM gives one page image in this mode (with the plugin for non-Gundam modes)."""
+    tiles = (1, 1)
+    if mode.crop_mode and (width > mode.image_size or height > mode.image_size):
+        from vllm.transformers_utils.processors.deepseek_ocr import count_tiles
+        tiles = tuple(count_tiles(width, height, image_size=mode.image_size))
+    return view_tokens(mode.base_size, mode.image_size, tiles)   # type: ignore[arg-type]
+
+
+def prepare_image(image: Image.Image, mode: VisionMode) -> Image.Image:
+    """The image to send: padded to a square for crop-less modes (HF parity), unchanged for Gundam."""
+    if mode.crop_mode or image.width == image.height:
+        return image
+    side = max(image.size)
+    return ImageOps.pad(image.convert("RGB"), (side, side), color=PAD_COLOR)
+
+
+def engine_prompt(prompt: str, image: Image.Image, mode: VisionMode = GUNDAM) -> dict[str, Any]:
+    """The vLLM prompt dict for one page in a vision mode (what VllmEngine.submit passes to add_request)."""
+    out: dict[str, Any] = {"prompt": prompt, "multi_modal_data": {"image": prepare_image(image, mode)}}
+    kwargs = mode.processor_kwargs()
+    if kwargs:
+        out["mm_processor_kwargs"] = kwargs
+    return out
+
+
+def enable(state_dir: Path) -> bool:
+    """Make Large requests possible in the engine about to be built: register the vLLM plugin (before the
+    engine starts, so its processes load it) and patch this process. False when vLLM is missing or its
+    DeepSeek-OCR code is not the one the patch knows (then send no Large requests)."""
+    try:
+        activate(Path(state_dir) / "vllm-plugin")
+        return is_installed()
+    except ImportError:
+        return False
+
+
+def expected_large_tokens() -> int:
+    """Placeholder tokens of any page in Large mode: (1280/16/4)^2 grid + one newline per row + separator."""
+    side = math.ceil(LARGE.base_size // 16 / 4)
+    return side * (side + 1) + 1
