@@ -20,10 +20,9 @@ def blank_page(page: int) -> PageResult:
     return PageResult(page=page, status=PageStatus.BLANK, text=BLANK_STUB)
 
 
-def failed_page(page: int, failure: Failure, reason: str | None = None, tokens: int = 0,
-                finish_reason: str | None = None) -> PageResult:
-    """A failure stub; `reason` is the message (default: the failure's own)."""
-    reason = reason or failure.value
+def failed_page(page: int, reason: str, tokens: int = 0, finish_reason: str | None = None, *,
+                failure: Failure | None = None) -> PageResult:
+    """A failure stub: `reason` is its message, `failure` the kind (the runner always names it)."""
     return PageResult(page=page, status=PageStatus.FAILED, text=failed_stub(page, reason), tokens=tokens,
                       finish_reason=finish_reason, error=reason, failure=failure)
 

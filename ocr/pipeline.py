@@ -185,7 +185,7 @@ class Pipeline:
     def _route(self, page: RenderedPage, sup: Supervisor) -> None:
         pdf = self._pdfs[page.key.pdf]
         if page.error:
-            self._record(pdf, failed_page(page.key.page, Failure.RENDER, page.error))
+            self._record(pdf, failed_page(page.key.page, page.error, failure=Failure.RENDER))
         elif page.blank:
             self._record(pdf, blank_page(page.key.page))
         else:
@@ -219,8 +219,8 @@ class Pipeline:
     def _finish(self, request: PageRequest, final: Final) -> PageResult:
         page, md_path = request.key.page, self._pdfs[request.key.pdf].job.md_path
         if final.failure:
-            return replace(failed_page(page, final.failure, final.error, final.tokens, final.finish_reason),
-                           counters=final.counters)
+            return replace(failed_page(page, final.error or final.failure.value, final.tokens, final.finish_reason,
+                                       failure=final.failure), counters=final.counters)
         out = EngineOutput(request.key, final.text, final.tokens, final.finish_reason)
         result = finish_page(out, mode=self.cfg.mode, special_tokens=self.special_tokens,
                              greek_repair=self.cfg.greek_repair)
