@@ -212,8 +212,8 @@ def add_config_flags(parser: argparse.ArgumentParser, spec: RunnerSpec = VLLM_SP
     return parser
 
 
-def build_parser(spec: RunnerSpec = VLLM_SPEC) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=spec.prog, description=spec.description,
+def build_parser(spec: RunnerSpec = VLLM_SPEC, prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog or spec.prog, description=spec.description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     return add_config_flags(parser, spec)
 
