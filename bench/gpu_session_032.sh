@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# On the lent H200, after .g32/pNN/install.sh (vLLM 0.32, torch 2.13 in /tmp/site): bench/bench.py rows
+# named on the command line, each one engine load, all on the same generated corpus, each logged in full
+# under $OUT and summed up on stdout. A row is NAME:RUNNER:EXTRA
+#   RUNNER  v2 (vLLM's default on CUDA) or v1 (VLLM_USE_V2_MODEL_RUNNER=0)
+#   EXTRA   more bench flags, commas for spaces (e.g. --ngram-size,0 or --ngram-impl,vllm)
+# Special rows: `guard` runs bench/ngram_bench.py on the GPU; `profile` (as EXTRA word `+profile`)
+# samples the engine core with py-spy for 12 s of the steady engine-core run (bench/profile_split.py).
+set -uo pipefail
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
+OUT=${OUT:-/tmp/out}
+PAGES=${PAGES:-8x32}
+TOKENS=${TOKENS:-128-1024}
+BATCH=${BATCH:-256}
+[ -f /tmp/ckpt/config.json ] || python3 bench/make_full_ckpt.py /tmp/ckpt bench/deepseek_ocr_config.json >/dev/null
+
+profile() {  # log file: wait for the engine-core run, then sample the engine core for 12 s
+  local log=$1 name=$2 pid
+  for _ in $(seq 600); do grep -q "engine core: .* pre-processed pages" "$log" 2>/dev/null && break; sleep 1; done
+  sleep 6
+  pid=$(pgrep -f "VLLM::EngineCore" | head -1)
+  [ -n "$pid" ] || { echo "profile: no engine core"; return; }
+  /tmp/site/bin/py-spy record --format raw --idle --threads --full-filenames -r 50 -d 12 -p "$pid" \
+    -o "$OUT/$name-pyspy.txt" >/dev/null 2>&1 || py-spy record --format raw --idle --threads \
+    --full-filenames -r 50 -d 12 -p "$pid" -o "$OUT/$name-pyspy.txt" >/dev/null 2>&1
+  python3 bench/profile_split.py "$OUT/$name-pyspy.txt" --json "$OUT/$name-split.json"
+}
+
+for job in "$@"; do
+  start=$(date +%s)
+  if [ "$job" = guard ]; then
+    timeout 120 python3 bench/ngram_bench.py --device cuda --json "$OUT/ngram-bench.json" 2>&1 | tail -12
+    echo "== guard: exit $? in $(( $(date +%s) - start )) s"
+    continue
+  fi
+  IFS=: read -r name runner extra <<< "$job"
+  env=()
+  [ "$runner" = v1 ] && env=(VLLM_USE_V2_MODEL_RUNNER=0)
+  flags=${extra//,/ }
+  want_profile=0
+  [[ $flags == *+profile* ]] && { want_profile=1; flags=${flags//+profile/}; }
+  log="$OUT/$name.log"
+  [ $want_profile = 1 ] && profile "$log" "$name" > "$OUT/$name-profile.txt" 2>&1 &
+  # shellcheck disable=SC2086  # flags is a list
+  env "${env[@]}" timeout 400 python3 bench/bench.py --model /tmp/ckpt --load-format dummy --generate "$PAGES" \
+    --corpus-dir /tmp/corpus-bench --force-tokens "$TOKENS" --batch-pages "$BATCH" --kv-cache-dtype fp8 \
+    --render-workers 8 --preprocess-workers 8 --engine-runs core --proc-sample 2 --budget-s 380 \
+    --json "$OUT/$name.json" $flags > "$log" 2>&1
+  echo "== $name ($runner $flags): exit $? in $(( $(date +%s) - start )) s"
+  wait
+  grep -m3 -E "V2 Model Runner|V1 Model Runner|model runner|guard" "$log" | cut -c1-200
+  grep -E "^(engine loaded|engine core:|runner:|ratio|GPU)" "$log" | cut -c1-400
+  [ -f "$OUT/$name-split.json" ] && cat "$OUT/$name-profile.txt"
+done
