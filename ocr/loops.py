@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import re
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from rapidfuzz import fuzz, process
@@ -28,11 +28,14 @@ MIN_MATCH_SHARE = 0.7         # share of a loop's lines that repeat the unit exa
 MIN_SENTENCE_RUNS = 8         # DeepSeek-OCR-2's repeated sentence: back this many times
 MIN_SENTENCE_CHARS, MIN_SENTENCE_WORDS = 30, 5
 MIN_DEGENERATE_LINE = 400     # characters: one line that is a short unit repeated
+MAX_UNIT_TOKENS, MIN_UNIT_COPIES, MIN_RUN_TOKENS = 40, 8, 120   # a unit repeated inside one line
+MIN_AROUND_WORDS = 2          # words or numbers around such a run for the line to keep them
 MAX_DEBRIS_AFTER = 2          # lines of loop debris taken after a sound loop's last copy
 SAMPLE_HEAD, SAMPLE_TAIL = 200, 50   # lines of a loop that decide junk and vocabulary
 
 _TOKEN_RE = re.compile(r"\\[A-Za-z]+|[^\W\d_]+|\d+|([^\w\s])\1*")  # a run of one mark is one token
 _WORD_RE = re.compile(r"[^\W\d_]+")
+_ALNUM_RE = re.compile(r"[^\W_]+")
 _DIGITS_RE = re.compile(r"\d+")
 _ANY_DIGIT_RE = re.compile(r"\d")
 _NORM_DROP = str.maketrans("", "", " *_~`")   # spaces and emphasis marks: "**due**", "d ue" = "due"
@@ -55,11 +58,13 @@ class Loop:
 @dataclass(frozen=True)
 class Loops:
     """What `find_loops` found: `drop`, the indices of text.split("\\n") to remove; `degenerate`, the
-    long lines that are a short unit repeated; `looped`, the other non-blank lines removed."""
+    long lines that are a short unit repeated (gone, or `trimmed` to the text around the repeats);
+    `looped`, the other non-blank lines removed."""
     drop: frozenset[int]
     degenerate: int
     looped: int
     loops: tuple[Loop, ...]
+    trimmed: dict[int, str] = field(default_factory=dict)   # line index -> the line without its repeated tail
 
 
 def is_degenerate(segment: str, *, min_tokens: int = 80, max_ratio: float = 0.06) -> bool:
@@ -98,13 +103,57 @@ def _is_junk(key: str) -> bool:
     return len(found) >= 2 and len(set(found)) == 1 and not any(ch.isdigit() for ch in visible)
 
 
+def _repeats(line: str) -> tuple[list[re.Match[str]], int, int, int] | None:
+    """The longest run of one unit of 1..MAX_UNIT_TOKENS tokens repeated MIN_UNIT_COPIES+ times over
+    MIN_RUN_TOKENS+ tokens of the line: (tokens, first repeating token, last, unit length). Cost:
+    MAX_UNIT_TOKENS numpy passes over the line's tokens."""
+    tokens = list(_TOKEN_RE.finditer(line))
+    if len(tokens) < MIN_RUN_TOKENS:
+        return None
+    names: dict[str, int] = {}
+    ids = np.fromiter((names.setdefault(t.group(0), len(names)) for t in tokens), dtype=np.int64, count=len(tokens))
+    best = None
+    for q in range(1, min(MAX_UNIT_TOKENS, len(ids) // MIN_UNIT_COPIES) + 1):
+        edges = np.diff(np.concatenate(([0], (ids[q:] == ids[:-q]).astype(np.int8), [0])))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        if not len(starts):
+            continue
+        k = int(np.argmax(ends - starts))
+        length = int(ends[k] - starts[k])                  # tokens repeating the one q before
+        if length + q >= MIN_RUN_TOKENS and length >= (MIN_UNIT_COPIES - 1) * q and (
+                best is None or length > best[0]):
+            best = (length, int(starts[k]), int(ends[k]) - 1 + q, q)
+    return None if best is None else (tokens, *best[1:])
+
+
+def _trim(line: str, tokens: list[re.Match[str]], first: int, last: int, q: int) -> str | None:
+    """A long line with text around a unit repeated (`_repeats`) keeps that text and the unit's first copy,
+    cut at whole copies (a table's closing tags after the last copy stay); None when fewer than
+    MIN_AROUND_WORDS words or numbers outside tags surround the run (the line is the loop: it goes whole)."""
+    end = first + q * ((last - first + 1) // q) - 1          # the last token of the last whole copy
+    head, tail = line[:tokens[first].start()], line[tokens[end].end():]
+    if len(_ALNUM_RE.findall(_HTML_TAG_RE.sub(" ", untagged(head + " " + tail)))) < MIN_AROUND_WORDS:
+        return None
+    return head + line[tokens[first].start():tokens[first + q - 1].end()] + tail
+
+
 class _Lines:
     """The page's lines with what the detector needs of each content line (non-blank after tags)."""
 
     def __init__(self, text: str):
         self.lines = text.split("\n")
         keys = [untagged(line) for line in self.lines]
-        self.degenerate = [i for i, k in enumerate(keys) if len(k) >= MIN_DEGENERATE_LINE and is_degenerate(k)]
+        self.trimmed: dict[int, str] = {}          # lines that keep their text around a repeated tail
+        self.degenerate = []                       # lines that go whole
+        for i, k in enumerate(keys):
+            if len(k) >= MIN_DEGENERATE_LINE:
+                found = _repeats(self.lines[i])
+                trimmed = None if found is None else _trim(self.lines[i], *found)
+                if trimmed is not None:
+                    self.trimmed[i] = trimmed
+                    keys[i] = untagged(trimmed)
+                elif found is not None or is_degenerate(k):
+                    self.degenerate.append(i)
         skip = set(self.degenerate)
         self.index = [i for i, k in enumerate(keys) if k and i not in skip]   # content line -> line
         self.content = set(self.index)
@@ -232,7 +281,9 @@ def _junk_share(page: _Lines, lo: int, hi: int) -> float:
 def find_loops(text: str) -> Loops:
     """Every generation loop of a page, and the lines that go with it.
 
-    Shapes: a unit of 1 to MAX_PERIOD lines repeated (a 5-line matrix 100 times, a receipt's 4-line
+    Shapes: a unit of 1 to MAX_UNIT_TOKENS tokens repeated inside a long line (the line keeps the text
+    around the run and the unit's first copy; with no text around, it goes whole); a unit of 1 to
+    MAX_PERIOD lines repeated (a 5-line matrix 100 times, a receipt's 4-line
     totals block 4 times, one sentence 11+ times), its copies drifting a little (`_Lines._cluster`:
     "**due**", "d ue", "due due due", a typo; never another number or another word); a sentence of
     MIN_SENTENCE_WORDS+ words back MIN_SENTENCE_RUNS+ times between other lines (DeepSeek-OCR-2); a long
@@ -262,7 +313,8 @@ def find_loops(text: str) -> Loops:
         loops.append(Loop("sentence", 1, copies[0], len(copies)))
     drop = set(page.degenerate)
     looped = _lines_of(page, np.flatnonzero(removed).tolist(), drop)
-    return Loops(frozenset(drop), len(page.degenerate), looped, tuple(loops))
+    trimmed = {i: t for i, t in page.trimmed.items() if i not in drop}
+    return Loops(frozenset(drop), len(page.degenerate) + len(trimmed), looped, tuple(loops), trimmed)
 
 
 def _lines_of(page: _Lines, content: list[int], drop: set[int]) -> int:
@@ -286,7 +338,8 @@ def _lines_of(page: _Lines, content: list[int], drop: set[int]) -> int:
 def remove_loops(text: str) -> tuple[str, int]:
     """The text without its loops (`find_loops`), and the non-blank lines removed."""
     found = find_loops(text)
-    if not found.drop:
+    if not found.drop and not found.trimmed:
         return text, 0
     lines = text.split("\n")   # every line in drop is non-blank
-    return "\n".join(line for i, line in enumerate(lines) if i not in found.drop), len(found.drop)
+    kept = (found.trimmed.get(i, line) for i, line in enumerate(lines) if i not in found.drop)
+    return "\n".join(kept), len(found.drop) + len(found.trimmed)

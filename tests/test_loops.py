@@ -102,6 +102,24 @@ def test_rulers_wall_goes() -> None:
     assert out == "Report\n" and counters["runaway_lines_dropped"] == 400
 
 
+ROW = "<tr><td></td><td></td></tr>"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param("Die Lösung der Aufgabe lautet " + "x = 1, " * 60 + "und so weiter.",
+                     "Die Lösung der Aufgabe lautet x = 1, und so weiter.", id="prose-then-repeats"),
+        pytest.param("<table><tr><td>Name</td><td>Wert</td></tr>" + ROW * 40 + "</table>",
+                     "<table><tr><td>Name</td><td>Wert</td></tr>" + ROW + "</table>", id="table-rows-in-one-line"),
+        pytest.param("Intro\n" + "overline[[overline][|| " * 40, "Intro", id="the-line-is-the-loop"),
+    ],
+)
+def test_a_unit_repeated_inside_a_line_keeps_the_text_around_it(raw: str, expected: str) -> None:
+    assert drop_runaway_lines(raw) == (expected, 1)
+    assert verdict(raw, "stop", 8192).reason == "repeated_ngrams"
+
+
 # --- what is not a loop ------------------------------------------------------------------------------
 
 NOT_LOOPS = [
