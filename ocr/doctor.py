@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -79,20 +80,37 @@ def torch_gpus() -> list[Gpu] | None:
         import torch
         if not torch.cuda.is_available():
             return None
+        driver = nvml_driver()[0] or ""
         found = []
         for i in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(i)
-            found.append(Gpu(i, torch.cuda.get_device_name(i), total // 2**20, free // 2**20))
+            found.append(Gpu(i, torch.cuda.get_device_name(i), total // 2**20, free // 2**20, driver))
         return found
     except Exception:
         return None
 
 
 def driver_cuda_version() -> str | None:
-    """The newest CUDA version the installed driver supports (nvidia-smi's header)."""
+    """The newest CUDA version the installed driver supports (nvidia-smi's header, else NVML)."""
     out = nvidia_smi([]) or ""
     match = re.search(r"CUDA Version:\s*([0-9.]+)", out)
-    return match.group(1) if match else None
+    return match.group(1) if match else nvml_driver()[1]
+
+
+def nvml_driver() -> tuple[str | None, str | None]:
+    """(driver version, newest CUDA version it supports) from NVML, for machines without nvidia-smi."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            driver = pynvml.nvmlSystemGetDriverVersion()
+            cuda = pynvml.nvmlSystemGetCudaDriverVersion_v2()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return None, None
+    driver = driver.decode() if isinstance(driver, bytes) else str(driver)
+    return driver, f"{cuda // 1000}.{cuda % 1000 // 10}"
 
 
 def dist_version(name: str) -> str | None:
@@ -147,20 +165,35 @@ def check_gpu_memory(gpus: list[Gpu], utilization: float) -> Check:
                  f"--gpu-memory-utilization {lower:.2f}")
 
 
+# The oldest driver that runs any build of a CUDA major version (NVIDIA's minor-version compatibility
+# table); vLLM 0.32's wheels and torch 2.13 from PyPI are CUDA 13.0 builds.
+MIN_DRIVER = {13: "580", 12: "525.60.13", 11: "450.80.02"}
+
+
 def check_driver(gpus: list[Gpu], driver_cuda: str | None, torch_cuda: str | None) -> Check:
-    detail = f"driver {gpus[0].driver or '?'} supports CUDA {driver_cuda or '?'}; torch is built for CUDA " \
+    """One-line verdict: can this NVIDIA driver run the installed torch's CUDA build?"""
+    driver = gpus[0].driver if gpus and gpus[0].driver else None
+    detail = f"driver {driver or '?'} supports CUDA {driver_cuda or '?'}; torch is built for CUDA " \
              f"{torch_cuda or '?'}"
-    if not (driver_cuda and torch_cuda):
+    if not torch_cuda or not (driver_cuda or driver):
         return Check("driver", "WARN", detail, "check `nvidia-smi` (header: CUDA Version) and "
                      "`python -c 'import torch; print(torch.version.cuda)'`")
-    have, need = _major_minor(driver_cuda), _major_minor(torch_cuda)
+    need = _major_minor(torch_cuda)
+    floor = MIN_DRIVER.get(need[0])
+    rule = f"CUDA {need[0]} builds need driver >= {floor}" if floor else ""
     fix = (f"install an NVIDIA driver that supports CUDA {torch_cuda} (on AWS: a newer Deep Learning AMI "
-           f"release), or a torch build for CUDA {driver_cuda}")
-    if have[0] < need[0]:
-        return Check("driver", "FAIL", detail + ": the driver is too old for this torch", fix)
-    if have < need:
+           f"release), or a torch build for CUDA {driver_cuda or 'this driver'}")
+    too_old = floor is not None and driver is not None and _version(driver) < _version(floor)
+    if too_old or (driver_cuda and _major_minor(driver_cuda)[0] < need[0]):
+        return Check("driver", "FAIL", f"{detail}: the driver is too old for this torch" +
+                     (f" ({rule})" if rule else ""), fix)
+    if driver_cuda and _major_minor(driver_cuda) < need:
         return Check("driver", "WARN", detail + ": relies on CUDA minor-version compatibility", fix)
-    return Check("driver", "OK", detail)
+    return Check("driver", "OK", f"{detail}: this driver can run it" + (f" ({rule})" if rule else ""))
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
 
 
 def _major_minor(version: str) -> tuple[int, int]:
@@ -169,12 +202,23 @@ def _major_minor(version: str) -> tuple[int, int]:
 
 
 def torch_cuda_info() -> tuple[str | None, bool]:
-    """(torch.version.cuda, torch.cuda.is_available()), or (None, False) without torch."""
+    """(torch.version.cuda, torch.cuda.is_available()); where torch does not import, the CUDA version its
+    version.py records (None for CPU builds or without torch) and False."""
     try:
         import torch
         return torch.version.cuda, bool(torch.cuda.is_available())
     except Exception:
-        return None, False
+        return torch_build_cuda(), False
+
+
+def torch_build_cuda() -> str | None:
+    try:
+        spec = importlib.util.find_spec("torch")
+        text = Path(spec.submodule_search_locations[0], "version.py").read_text(encoding="utf-8")
+    except Exception:
+        return None
+    match = re.search(r"^cuda(?:: \S+)? = '([0-9.]+)'", text, re.M)
+    return match.group(1) if match else None
 
 
 def check_torch(have_gpu: bool, torch_cuda: str | None, cuda_ok: bool) -> Check:
@@ -308,6 +352,14 @@ def run_checks(model: str, output_dir: Path, utilization: float = 0.9) -> tuple[
     return checks, gpus
 
 
+def driver_verdict() -> int:
+    """Print the driver check alone (after an install, e.g. scripts/setup_env.sh gpu); 1 if it fails."""
+    gpus = query_gpus() or []
+    check = check_driver(gpus, driver_cuda_version(), torch_cuda_info()[0]) if gpus else check_gpus(gpus)
+    print(check.line())
+    return 1 if check.status == "FAIL" else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="doctor.py", description="Check this machine before an OCR run: "
                                      "one OK/WARN/FAIL line per check, with the fix. Exit 1 on any FAIL.")
@@ -315,7 +367,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"), help="where the run will write")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="as given to the runner")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    parser.add_argument("--driver", action="store_true", help="only say whether the NVIDIA driver can run the "
+                        "installed torch's CUDA build (one line; exit 1 if it cannot)")
     args = parser.parse_args(argv)
+    if args.driver:
+        return driver_verdict()
     checks, gpus = run_checks(args.model, args.output_dir, args.gpu_memory_utilization)
     failed = sum(c.status == "FAIL" for c in checks)
     if args.json:

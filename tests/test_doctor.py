@@ -158,3 +158,78 @@ def test_entry_point_runs_in_a_fresh_process(tmp_path):
                            str(tmp_path), "--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
     assert {c["name"]: c["status"] for c in json.loads(done.stdout)["checks"]}["weights"] == "FAIL"
+
+
+H200_SMI = """#!/bin/sh
+case "$1" in
+  --query-gpu=*) printf '0, NVIDIA H200, 143771, 143000, %s\\n' "$DRIVER" ;;
+  "") echo "| NVIDIA-SMI $DRIVER    Driver Version: $DRIVER    CUDA Version: $CUDA |" ;;
+  *) exit 9 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("driver, driver_cuda, torch_cuda, status, verdict", [
+    ("580.159.03", "13.0", "13.0", "OK", "this driver can run it (CUDA 13 builds need driver >= 580)"),
+    ("580.65.06", None, "13.0", "OK", "this driver can run it (CUDA 13 builds need driver >= 580)"),
+    ("575.57.08", "12.9", "13.0", "FAIL", "the driver is too old for this torch (CUDA 13 builds need driver >= 580)"),
+    ("570.86.10", None, "13.0", "FAIL", "the driver is too old for this torch (CUDA 13 builds need driver >= 580)"),
+    ("520.61.05", None, "12.1", "FAIL", "the driver is too old for this torch (CUDA 12 builds need driver >= "
+                                        "525.60.13)"),
+    ("535.183.01", "12.2", "12.8", "WARN", "relies on CUDA minor-version compatibility"),
+])
+def test_driver_verdict_for_the_installed_torch_build(driver, driver_cuda, torch_cuda, status, verdict):
+    check = doctor.check_driver([doctor.Gpu(0, "NVIDIA L4", 23034, 22700, driver)], driver_cuda, torch_cuda)
+    assert check.status == status
+    assert check.detail == (f"driver {driver} supports CUDA {driver_cuda or '?'}; torch is built for CUDA "
+                            f"{torch_cuda}: {verdict}")
+    assert bool(check.fix) == (status != "OK")
+
+
+def test_driver_unknown_or_cpu_torch_is_a_warning_not_a_verdict():
+    gpu = [doctor.Gpu(0, "NVIDIA L4", 23034, 22700, "580.65.06")]
+    assert doctor.check_driver(gpu, "13.0", None).status == "WARN"
+    assert doctor.check_driver([doctor.Gpu(0, "NVIDIA L4", 23034, 22700)], None, "13.0").status == "WARN"
+
+
+@pytest.mark.parametrize("driver, cuda, rc, start", [
+    ("580.159.03", "13.0", 0, "OK   driver: driver 580.159.03 supports CUDA 13.0; torch is built for CUDA 13.0: "
+                              "this driver can run it"),
+    ("550.54.15", "12.4", 1, "FAIL driver: driver 550.54.15 supports CUDA 12.4; torch is built for CUDA 13.0: "
+                             "the driver is too old for this torch (CUDA 13 builds need driver >= 580)  -> fix: "),
+])
+def test_driver_flag_prints_one_verdict_line(tmp_path, monkeypatch, capsys, driver, cuda, rc, start):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(H200_SMI)
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("DRIVER", driver)
+    monkeypatch.setenv("CUDA", cuda)
+    monkeypatch.setattr(doctor, "torch_cuda_info", lambda: ("13.0", True))
+    assert doctor.main(["--driver"]) == rc
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(start)
+
+
+def test_driver_flag_without_a_gpu_says_so(no_gpu, capsys):
+    assert doctor.main(["--driver"]) == 0
+    assert capsys.readouterr().out.startswith("WARN gpus: no NVIDIA GPU found")
+
+
+def test_nvml_gives_the_driver_where_nvidia_smi_is_missing(monkeypatch):
+    class FakeNvml:
+        nvmlInit = nvmlShutdown = staticmethod(lambda: None)
+        nvmlSystemGetDriverVersion = staticmethod(lambda: b"580.159.03")
+        nvmlSystemGetCudaDriverVersion_v2 = staticmethod(lambda: 13000)
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml)
+    monkeypatch.setattr(doctor, "nvidia_smi", lambda args: None)
+    assert doctor.nvml_driver() == ("580.159.03", "13.0")
+    assert doctor.driver_cuda_version() == "13.0"
+    monkeypatch.setattr(FakeNvml, "nvmlSystemGetCudaDriverVersion_v2", staticmethod(lambda: 12080))
+    assert doctor.nvml_driver() == ("580.159.03", "12.8")
+
+
+def test_torch_build_cuda_is_read_without_importing_torch():
+    import torch
+    assert doctor.torch_build_cuda() == torch.version.cuda
