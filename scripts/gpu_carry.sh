@@ -123,6 +123,9 @@ if ! python3 -c 'import ctypes, sys; l = ctypes.CDLL(sys.argv[1]); l.ncclPutSign
 fi
 # torch 2.13 was built with cuDNN 9.20; the image's 9.19 has every function it calls (checked with nm).
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 PYTORCH_SKIP_CUDNN_COMPATIBILITY_CHECK=1
+# Later calls on the same warm machine carry nothing: ". /tmp/site/g32_env.sh" sets the same variables.
+export -p | grep -E ' (LD_LIBRARY_PATH|LD_PRELOAD|PYTHONPATH|PYTHONUNBUFFERED|PYTORCH_SKIP_CUDNN_COMPATIBILITY_CHECK)=' \
+  > /tmp/site/g32_env.sh
 python3 -c "import torch, vllm; print(torch.__version__, torch.cuda.is_available(), vllm.__version__)"
 EOF
 cp "$work/carry/SHA256SUMS" "$repo/.g32/$last/"
