@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import stat
 from pathlib import Path
 
 from .records import PdfJob
@@ -16,6 +17,24 @@ def find_pdfs(input_dir: Path) -> list[Path]:
         dirs.sort()
         found.extend(Path(root, f) for f in files if f.lower().endswith(".pdf"))
     return sorted(found, key=lambda p: p.relative_to(input_dir).as_posix())
+
+
+_NOT_REGULAR = [(stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISDIR, "a folder")]
+
+
+def file_problem(path: Path) -> str | None:
+    """Why a discovered path cannot be read as a PDF without opening it (opening a FIFO blocks until
+    someone writes to it, a device may never end), or None for a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"cannot read file: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((what for test, what in _NOT_REGULAR if test(mode)), "not a regular file")
+    return f"not a regular file: {kind}"
 
 
 def _size(path: Path) -> int:

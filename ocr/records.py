@@ -46,6 +46,8 @@ class RenderedPage:
     blank: bool = False
     error: str | None = None
     seconds: float = 0.0
+    blank_reason: str | None = None     # why it was called blank (ocr.blank.BlankReason)
+    damage: str | None = None           # what is wrong with this page in the file (truncated, repaired)
 
 
 @dataclass(frozen=True)

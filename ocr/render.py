@@ -1,4 +1,5 @@
-"""Open PDFs with PyMuPDF and render pages to RGB images in background processes, ahead of the engine."""
+"""Open PDFs with PyMuPDF and render pages to RGB images in background processes, ahead of the engine;
+notice damaged files (MuPDF repairs, missing page content) and blank pages on the way."""
 
 from __future__ import annotations
 
@@ -16,16 +17,27 @@ from typing import Callable
 import pymupdf
 from PIL import Image
 
-from .blank import is_mostly_blank
+from .blank import MIN_MARK_INK, Verdict, check_page, largest_mark
+from .discover import file_problem
 from .records import PageKey, RenderedPage
+from .store import SourceId, source_id
+
+OPEN_TIMEOUT_S = 120.0     # opening and reading one file (a hung network mount blocks for ever)
 
 
 class PdfError(Exception):
     """A PDF that cannot be OCRed at all; the message says why in a few words."""
 
 
+class OpenCancelled(Exception):
+    """The run began stopping while a PDF was being opened: it stays unfinished, not failed."""
+
+
 def open_pdf(path: Path) -> pymupdf.Document:
     """Open a PDF or raise PdfError with a clear reason (empty, not a PDF, encrypted, no pages...)."""
+    problem = file_problem(path)         # a FIFO or a device would block open() below
+    if problem:
+        raise PdfError(problem)
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -76,10 +88,74 @@ def page_zoom(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> f
 
 
 def render_page(doc: pymupdf.Document, page_no: int, dpi: int, max_pixels: int) -> Image.Image:
-    page = doc[page_no - 1]
+    return _render(doc[page_no - 1], dpi, max_pixels)
+
+
+def _render(page: pymupdf.Page, dpi: int, max_pixels: int) -> Image.Image:
     zoom = page_zoom(page.rect.width, page.rect.height, dpi, max_pixels)
     pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), alpha=False, colorspace=pymupdf.csRGB)
     return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+
+
+@dataclass(frozen=True)
+class PdfInfo:
+    """What the runner learns from opening a PDF, before any page is rendered."""
+    pages: int                  # pages to OCR (--max-pages applied)
+    source: SourceId
+    repaired: str | None        # MuPDF had to repair the file (a truncated download): its first warning
+
+
+def inspect_pdf(path: Path, max_pages: int | None = None, timeout_s: float | None = None,
+                stopping: Callable[[], bool] = lambda: False) -> PdfInfo:
+    """Open and read a PDF within timeout_s (default OPEN_TIMEOUT_S), or raise PdfError (also for
+    unreadable files); OpenCancelled as soon as `stopping()` turns true."""
+    return _within(OPEN_TIMEOUT_S if timeout_s is None else timeout_s, stopping, _inspect, path, max_pages)
+
+
+def _inspect(path: Path, max_pages: int | None) -> PdfInfo:
+    problem = file_problem(path)
+    if problem:
+        raise PdfError(problem)
+    try:
+        source = source_id(path)     # reads the whole file in Python first: a hung read times out here
+    except OSError as exc:
+        raise PdfError(f"cannot read file: {exc.strerror or exc}") from exc
+    pymupdf.TOOLS.mupdf_warnings(reset=True)
+    with open_pdf(path) as doc:
+        warnings = _first_line(pymupdf.TOOLS.mupdf_warnings(reset=True))
+        repaired = (warnings or "repaired by MuPDF") if doc.is_repaired else None
+        return PdfInfo(min(doc.page_count, max_pages or doc.page_count), source, repaired)
+
+
+def _within(timeout_s: float, stopping: Callable[[], bool], fn: Callable, *args):
+    """fn(*args) in a daemon thread (one that hangs in a read must not hold up the run or its exit);
+    PdfError once timeout_s has passed."""
+    box: dict = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller as it is
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="open-pdf", daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not done.wait(max(0.0, min(0.2, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            raise PdfError(f"opening or reading the file took more than {timeout_s:g} s (a hung network "
+                           f"mount, a file that never ends?): skipped")
+        if stopping():
+            raise OpenCancelled()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 _open_docs: dict[str, pymupdf.Document] = {}   # per render process: the PDF it rendered last
@@ -94,12 +170,37 @@ def _cached_doc(path: str) -> pymupdf.Document:
     return _open_docs[path]
 
 
-def render_task(path: str, key: PageKey, dpi: int, max_pixels: int) -> RenderedPage:
-    """One page, rendered and blank-checked in a render process. Never raises."""
+def page_damage(doc: pymupdf.Document, page: pymupdf.Page, verdict: Verdict, image: Image.Image) -> str | None:
+    """What the file lost on this page, if anything: content streams that are not there (a truncated
+    download), or, in a file MuPDF had to repair, warnings while rendering or an empty render of a page
+    that says it holds text or drawings."""
+    if any(not doc.xref_is_stream(xref) for xref in page.get_contents()):
+        return "page content missing (truncated or damaged file)"
+    warnings = pymupdf.TOOLS.mupdf_warnings(reset=True)
+    if not doc.is_repaired:
+        return None
+    if warnings:
+        return f"MuPDF: {_first_line(warnings)}"
+    if verdict.evidence in ("text", "drawings") and largest_mark(image) == 0:
+        return f"renders empty though it holds {verdict.evidence}"
+    return None
+
+
+def render_task(path: str, key: PageKey, dpi: int, max_pixels: int, min_mark: int = MIN_MARK_INK) -> RenderedPage:
+    """One page, rendered, blank-checked and checked for damage in a render process. Never raises."""
     start = time.perf_counter()
     try:
-        image = render_page(_cached_doc(path), key.page, dpi, max_pixels)
-        blank = is_mostly_blank(image)
+        doc = _cached_doc(path)
+        pymupdf.TOOLS.mupdf_warnings(reset=True)          # the open's own warnings are the file's, not the page's
+        try:
+            page = doc.load_page(key.page - 1)
+        except Exception as exc:
+            damage = f"page cannot be loaded ({exc})"
+            return RenderedPage(key, error=f"damaged PDF: {damage}", damage=damage,
+                                seconds=time.perf_counter() - start)
+        image = _render(page, dpi, max_pixels)
+        verdict = check_page(page, image, min_mark)
+        damage = page_damage(doc, page, verdict, image)
     except Exception as exc:  # a page that fails to render must not stop the PDF or the run
         return RenderedPage(key, error=f"render failed: {type(exc).__name__}: {exc}",
                             seconds=time.perf_counter() - start)
@@ -107,8 +208,12 @@ def render_task(path: str, key: PageKey, dpi: int, max_pixels: int) -> RenderedP
         # MuPDF keeps decoded page images (up to 256 MB) for reuse; a scan's images are used once.
         # Emptying the store keeps a render process at ~220 MB instead of ~450 MB, and is no slower.
         pymupdf.TOOLS.store_shrink(100)
-    return RenderedPage(key, image=None if blank else image, blank=blank,
-                        seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if damage and verdict.blank:          # nothing left of it to read: not a blank page, a lost one
+        return RenderedPage(key, error=f"damaged PDF: {damage}", damage=damage, seconds=seconds)
+    return RenderedPage(key, image=None if verdict.blank else image, blank=verdict.blank,
+                        blank_reason=verdict.reason.value if verdict.reason else None, damage=damage,
+                        seconds=seconds)
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -135,8 +240,9 @@ class Renderer:
     When a render process dies (out of memory, a MuPDF crash), every page in progress fails with it; those
     pages are rendered again one at a time, so only the page that kills a process alone gets the stub."""
 
-    def __init__(self, workers: int, window: int, dpi: int, max_pixels: int, task: Callable | None = None):
-        self._workers, self._task = workers, task
+    def __init__(self, workers: int, window: int, dpi: int, max_pixels: int, task: Callable | None = None,
+                 min_mark: int = MIN_MARK_INK):
+        self._workers, self._task, self._min_mark = workers, task, min_mark
         self._pool = self._new_pool()
         self._window = max(window, workers)
         self._dpi, self._max_pixels = dpi, max_pixels
@@ -151,7 +257,7 @@ class Renderer:
         return len(self._pending) < self._window
 
     def submit(self, path: Path, key: PageKey) -> None:
-        self._pending.append(_Entry((str(path), key, self._dpi, self._max_pixels)))
+        self._pending.append(_Entry((str(path), key, self._dpi, self._max_pixels, self._min_mark)))
         self._launch()
 
     def pending(self) -> int:

@@ -88,10 +88,10 @@ def test_a_page_that_fails_to_render_is_stubbed(tmp_path, monkeypatch, inline_re
     import ocr.render as render
     original = render.render_task
 
-    def flaky(path, key, dpi, max_pixels):
+    def flaky(path, key, *settings):
         if key.page == 2:
             return render.RenderedPage(key, error="render failed: RuntimeError: broken content stream")
-        return original(path, key, dpi, max_pixels)
+        return original(path, key, *settings)
 
     monkeypatch.setattr(render, "render_task", flaky)
     assert run_cli(["--input-dir", str(src), "--output-dir", str(out)]) == 1
@@ -178,3 +178,24 @@ def test_thousand_page_pdf_streams_through(tmp_path):
     md = (out / "big.md").read_text(encoding="utf-8")
     assert md.count("----- Page ") == 999 and "----- Page 1000 -----\n\nt1000" in md
     assert max(peak) <= 16 + 16          # --batch-pages plus the default --queue-ahead
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs")
+def test_a_fifo_named_pdf_is_bad_input_not_a_hang(tmp_path):
+    """open() on a FIFO blocks until someone writes to it: the run must not wait for ever (bounded here
+    by `timeout`: exit 124 or 137 if it hangs), and the PDFs after it are done."""
+    import subprocess
+    from conftest import ROOT
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    os.mkfifo(src / "a_pipe.pdf")
+    make_pdf(src / "b_good.pdf", [ENGLISH])
+    proc = subprocess.run(["timeout", "-k", "5", "60", sys.executable, str(ROOT / "tests" / "drive_double.py"),
+                           "--input-dir", str(src), "--output-dir", str(out), "--render-workers", "1",
+                           "--no-progress"], env={**os.environ, "OCR_DOUBLE_STEP_S": "0"},
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    report = load_report(out)
+    assert pdf_entry(report, "a_pipe.pdf") == {**pdf_entry(report, "a_pipe.pdf"), "status": "failed",
+                                                "error": "not a regular file: a FIFO (named pipe)"}
+    assert pdf_entry(report, "b_good.pdf")["status"] == "complete"

@@ -12,7 +12,7 @@ from pdfgen import make_pdf, numbered_pages
 KILLER_PAGE = 3
 
 
-def crashing_task(path, key, dpi, max_pixels):
+def crashing_task(path, key, *settings):
     """render_task, but page 3 takes its render process down (as a MuPDF segfault or the OOM killer)
     while page 2, slow, is still rendering in the other process."""
     if key.page == KILLER_PAGE:
@@ -20,7 +20,7 @@ def crashing_task(path, key, dpi, max_pixels):
         os._exit(1)
     if key.page == KILLER_PAGE - 1:
         time.sleep(2.0)
-    return render_task(path, key, dpi, max_pixels)
+    return render_task(path, key, *settings)
 
 
 def test_only_the_page_that_kills_a_render_process_is_stubbed(tmp_path):
