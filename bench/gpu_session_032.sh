@@ -12,6 +12,9 @@ OUT=${OUT:-/tmp/out}
 PAGES=${PAGES:-8x32}
 TOKENS=${TOKENS:-128-1024}
 BATCH=${BATCH:-256}
+# FlashAttention-2/3 kernels are stripped from the carried vLLM (scripts/gpu_carry.sh): Triton attention
+# for the decoder, torch SDPA for the vision encoder, in every row alike.
+ATTN=(--attention-backend TRITON_ATTN --engine-kwargs '{"mm_encoder_attn_backend": "TORCH_SDPA"}')
 [ -f /tmp/ckpt/config.json ] || python3 bench/make_full_ckpt.py /tmp/ckpt bench/deepseek_ocr_config.json >/dev/null
 
 profile() {  # log file: wait for the engine-core run, then sample the engine core for 12 s
@@ -45,7 +48,7 @@ for job in "$@"; do
   env "${env[@]}" timeout 400 python3 bench/bench.py --model /tmp/ckpt --load-format dummy --generate "$PAGES" \
     --corpus-dir /tmp/corpus-bench --force-tokens "$TOKENS" --batch-pages "$BATCH" --kv-cache-dtype fp8 \
     --render-workers 8 --preprocess-workers 8 --engine-runs core --proc-sample 2 --budget-s 380 \
-    --json "$OUT/$name.json" $flags > "$log" 2>&1
+    "${ATTN[@]}" --json "$OUT/$name.json" $flags > "$log" 2>&1
   echo "== $name ($runner $flags): exit $? in $(( $(date +%s) - start )) s"
   wait
   grep -m3 -E "V2 Model Runner|V1 Model Runner|model runner|guard" "$log" | cut -c1-200
