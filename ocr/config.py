@@ -93,6 +93,9 @@ class Config:
                                  "30 for DeepSeek-OCR, 20 for DeepSeek-OCR-2)", output=True, type=int)
     ngram_window: int | None = opt(None, "no-repeat n-gram guard window in tokens (default: 90)", engine="vllm",
                                    output=True, type=int)
+    ngram_impl: str = opt("ocr", "n-gram guard implementation: ocr = the runner's batched guard (V1 and V2 model "
+                          "runners), vllm = vLLM's own, for comparison (V1 model runner only; docs/ngram-guard.md)",
+                          engine="vllm", output=False, choices=("ocr", "vllm"))
     trust_remote_code: bool = opt(False, "allow the checkpoint's own Python code", engine="hf", output=False)
     # Recovery passes (ocr/passes.py)
     runaway_retry: str = opt("on", "read a page once more when its answer loops, is cut at --max-tokens or "

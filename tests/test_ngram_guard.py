@@ -443,3 +443,27 @@ def test_bench_checks_every_timed_step(tmp_path):
     [case] = json.loads(out.read_text())["results"]
     assert case["mismatched_steps"] == 0 and case["banned_per_step"] > 0
     assert set(case["ms_per_step"]) == {"vllm", "ours_v1", "ours_v2"}
+
+
+@pytest.mark.parametrize("flags,triton,want", [
+    ([], False, "NGramGuardV1"),
+    ([], True, "NGramGuardV2"),
+    (["--ngram-impl", "vllm"], False, "NGramPerReqLogitsProcessor"),
+    (["--ngram-impl", "vllm"], True, "NGramPerReqLogitsProcessor"),
+])
+def test_engine_kwargs_carry_the_chosen_guard(monkeypatch, flags, triton, want):
+    """--ngram-impl reaches LLM(logits_processors=...) and the engine's log lines; vLLM's guard on a
+    machine where V2 would run turns V2 off before the engine is built."""
+    import vllm.config.vllm as vllm_config_module
+    from ocr.config import parse_config
+    from ocr.engines.vllm import Platform, engine_kwargs
+
+    monkeypatch.setattr(vllm_config_module, "HAS_TRITON", triton)
+    monkeypatch.delenv(ngram.ENV_V2, raising=False)
+    cfg = parse_config(["--input-dir", ".", "--output-dir", "/tmp/x", *flags])
+    kw, notes = engine_kwargs(cfg, Platform("cuda", fp8_kv=True, capability=(9, 0)))
+    assert [c.__name__ for c in kw["logits_processors"]] == [want]
+    assert any("n-gram guard on" in n for n in notes)
+    assert os.environ.get(ngram.ENV_V2) == ("0" if flags and triton else None)
+    off = parse_config(["--input-dir", ".", "--output-dir", "/tmp/x", "--ngram-size", "0", *flags])
+    assert "logits_processors" not in engine_kwargs(off, Platform("cpu", fp8_kv=False))[0]

@@ -41,7 +41,10 @@ VLLM_INTERNALS = (
     ("vllm.v1.engine.core_client", "EngineCoreClient.shutdown", "closing a dead or hung engine"),
     ("vllm.config.compilation", "CompilationConfig", "engine settings"),
 )
-GUARD_INTERNAL = ("vllm.model_executor.models.deepseek_ocr", "NGramPerReqLogitsProcessor", "the n-gram guard")
+GUARD_INTERNALS = {   # by --ngram-impl
+    "vllm": ("vllm.model_executor.models.deepseek_ocr", "NGramPerReqLogitsProcessor", "vLLM's n-gram guard"),
+    "ocr": ("vllm.v1.sample.logits_processor", "BatchUpdate", "the logits-processor interface of the n-gram guard"),
+}
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,10 @@ def _lookup(module: str, path: str) -> bool:
     return True
 
 
-def check_vllm(guard: bool = True) -> None:
+def check_vllm(guard: str | None = "ocr") -> None:
     """Every vLLM internal the engine calls exists and takes what the engine passes; else one SetupError line
     naming the vLLM version and the missing piece (instead of every page of the corpus failing later)."""
-    needed = VLLM_INTERNALS + ((GUARD_INTERNAL,) if guard else ())
+    needed = VLLM_INTERNALS + ((GUARD_INTERNALS[guard],) if guard else ())
     missing = [f"{module}.{path} ({why})" for module, path, why in needed if not _lookup(module, path)]
     if not missing:
         from vllm.v1.engine.input_processor import InputProcessor
@@ -187,8 +190,10 @@ def engine_kwargs(cfg: Config, platform: Platform, override: Mapping[str, Any] |
         load_format=cfg.load_format,
     )
     if cfg.ngram_size > 0:
-        from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor
-        kw["logits_processors"] = [NGramPerReqLogitsProcessor]
+        from .ngram import choose_guard      # may set VLLM_USE_V2_MODEL_RUNNER=0: before LLM(...)
+        guard_class, guard_note = choose_guard(cfg.ngram_impl, family.vllm_architecture)
+        kw["logits_processors"] = [guard_class]
+        notes.append(guard_note)
     for key in ("block_size", "attention_backend", "mm_encoder_tp_mode"):
         if getattr(cfg, key):
             kw[key] = getattr(cfg, key)
@@ -248,7 +253,7 @@ class VllmEngine:
         self._prep: ThreadPoolExecutor | None = None
         processes.reap_stale_engine(self._pid_file)
         cfg, checkpoint = with_model_defaults(cfg)
-        check_vllm(guard=cfg.ngram_size > 0)
+        check_vllm(guard=cfg.ngram_impl if cfg.ngram_size > 0 else None)
         self.platform = platform or detect_platform()
         if self.platform.kind == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")   # GiB; the default takes too much here
@@ -315,6 +320,7 @@ class VllmEngine:
 
     def _guard_is_active(self) -> bool:
         """With ngram_size=2 no token pair may repeat within the window; an unguarded model loops at once.
+        It runs through whichever guard engine_kwargs chose (--ngram-impl, V1 or V2 model runner).
 
         (ngram_size=1 cannot be used: the guard's prefix slice ids[-0:] is then the whole output.)"""
         from vllm import SamplingParams
