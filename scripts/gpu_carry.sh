@@ -40,7 +40,8 @@ reqs=(torch==2.13.0 torchvision==0.28.0 triton==3.7.1 vllm==0.32.0 pymupdf==1.27
   python-multipart==0.0.34 pyzmq==27.3.0 referencing==0.37.0 rich-toolkit==0.20.6 rignore==0.8.1
   rpds-py==2026.9.1 sentry-sdk==2.75.0 setproctitle==1.3.8 sniffio==1.3.1 sse-starlette==3.7.0
   starlette==1.10.0 supervisor==4.3.0 truststore==0.10.5 typing-inspection==0.4.5 uvicorn==0.54.0
-  watchfiles==1.3.0 websockets==17.4 xgrammar==0.2.8)
+  watchfiles==1.3.0 websockets==17.4 xgrammar==0.2.8
+  py-spy==0.4.3)   # bench/gpu_session_032.sh profiles the engine core with /tmp/site/bin/py-spy
 # Not used with TRITON_ATTN attention, TORCH_SDPA vision attention and bf16 weights on sm_90 (saves about
 # 250 MB): FlashAttention-2/3 kernels, Blackwell FMHA, DeepGEMM, the Rust frontend; Triton's Blackwell
 # ptxas, its profiler (proton, CUPTI) and test tools (the AMD backend stays: Triton imports every backend
@@ -130,18 +131,28 @@ python3 -c "import torch, vllm; print(torch.__version__, torch.cuda.is_available
 EOF
 cp "$work/carry/SHA256SUMS" "$repo/.g32/$last/"
 cat > "$repo/.g32/$last/unpack.py" <<'EOF'
-"""Unpack wheels into a folder in parallel (what pip --target does, minus scripts and RECORD rewriting)."""
-import concurrent.futures, os, sys, zipfile
+"""Unpack wheels into a folder in parallel, as pip --target would (scripts into bin/), without RECORD."""
+import concurrent.futures, os, re, shutil, sys, zipfile
 from pathlib import Path
+
+
+def target(name: str) -> str:
+    """Where a wheel member goes: NAME.data/scripts/x -> bin/x, NAME.data/purelib|platlib/x -> x."""
+    m = re.match(r"[^/]+\.data/(scripts|purelib|platlib)/(.+)", name)
+    return name if m is None else (f"bin/{m.group(2)}" if m.group(1) == "scripts" else m.group(2))
 
 
 def unpack(wheel: str, dest: str) -> str:
     with zipfile.ZipFile(wheel) as z:
         for info in z.infolist():
-            path = z.extract(info, dest)
+            if info.is_dir():
+                continue
+            path = os.path.join(dest, target(info.filename))
+            with z.open(info) as src, open(path, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
             mode = (info.external_attr >> 16) & 0o777
-            if mode & 0o111:   # ptxas, torch_shm_manager: zipfile drops the executable bit
-                os.chmod(path, mode)
+            if mode & 0o111 or path.startswith(os.path.join(dest, "bin", "")):   # ptxas, py-spy
+                os.chmod(path, mode | 0o755)
     return wheel
 
 
@@ -150,7 +161,7 @@ if __name__ == "__main__":
     wheels = sorted(map(str, src.glob("*.whl")), key=os.path.getsize, reverse=True)
     for wheel in wheels:   # folders first, so parallel extraction never races on os.makedirs
         with zipfile.ZipFile(wheel) as z:
-            for name in {os.path.dirname(n) for n in z.namelist()} - {""}:
+            for name in {os.path.dirname(target(n)) for n in z.namelist()} - {""}:
                 os.makedirs(os.path.join(dest, name), exist_ok=True)
     with concurrent.futures.ProcessPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
         for _ in pool.map(unpack, wheels, [dest] * len(wheels)):
