@@ -1,0 +1,143 @@
+"""ocr-ray on a local Ray cluster with fake GPUs and the scripted engine double: leases, a worker killed
+mid-run, object storage through s3fs, resume; one real-engine run on the tiny checkpoint."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from conftest import ROOT, load_report, run_cli  # noqa: E402
+from doubles import ScriptedEngine, page_text  # noqa: E402
+from ocr import ray_run  # noqa: E402
+from pdfgen import make_pdf, numbered_pages  # noqa: E402
+
+SMALL = ["--dpi", "72"]                     # small renders of small pages: the test is about scheduling
+FAST = ["--render-workers", "1", "--no-progress", "--cpus-per-worker", "0.25", "--lease-pdfs", "2",
+        "--progress-every", "1", "--address", "auto", *SMALL]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """One local cluster for the module: 2 CPUs, 2 fake GPUs; actors find `ocr` and the test doubles."""
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "VLLM_CPU_KVCACHE_SPACE": "1"}
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, runtime_env={"env_vars": env},
+             log_to_driver=True)
+    yield
+    ray.shutdown()
+
+
+def answered(log_path: Path, request) -> str:
+    """The double's text, with each answered page logged (pid, PDF index, page) to count who did what."""
+    with open(log_path, "a") as f:
+        f.write(f"{os.getpid()} {request.key.pdf} {request.key.page}\n")
+    return page_text(request)
+
+
+def dying(log_path: Path, marker: Path, after: int, request, count=[0]) -> str:
+    """Kills its whole actor process (os._exit) at its `after`-th page: the first worker to get there, once."""
+    count[0] += 1
+    if count[0] == after and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(1)
+    return answered(log_path, request)
+
+
+def double_maker(cfg, script=None):
+    """An engine maker for ocr-ray: each worker gets the scripted double (this runs inside the actor)."""
+    return lambda: ScriptedEngine(script=script or page_text, per_poll=2, step_s=0.2)
+
+
+def corpus(src: Path, n: int = 21) -> list[str]:
+    names = []
+    for i in range(n):
+        name = f"{'sub/' if i % 3 == 0 else ''}doc{i:02d}.pdf"
+        make_pdf(src / name, numbered_pages(1 + i % 3, f"Doc {i}"), size=(300, 400))
+        names.append(name)
+    return names
+
+
+def reference(src: Path, tmp_path: Path) -> dict[str, bytes]:
+    """Markdown of the plain runner, one process: what the Ray run must reproduce byte for byte."""
+    out = tmp_path / "plain"
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(out), *SMALL], engine=None,
+                   engine_factory=lambda: ScriptedEngine(per_poll=2)) == 0
+    return markdown(out)
+
+
+def markdown(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.md")}
+
+
+def test_a_killed_worker_loses_only_its_leases_and_the_output_is_that_of_one_process(tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    names = corpus(src)
+    log, marker = tmp_path / "answers.log", tmp_path / "killed"
+    maker = functools.partial(double_maker, script=functools.partial(dying, log, marker, 4))
+
+    rc = ray_run.main(["--input-dir", str(src), "--output-dir", str(out), *FAST], engine_maker=maker)
+
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert marker.exists(), "no worker was killed"
+    assert markdown(out) == reference(src, tmp_path)
+    done = sorted(p.relative_to(out / ".ocr-state" / "done").as_posix() for p in (out / ".ocr-state" / "done")
+                  .rglob("*.json"))
+    assert done == sorted(f"{n}.json" for n in names)                # one manifest entry per PDF
+    report = load_report(out)
+    assert sorted(p["pdf"] for p in report["pdfs"]) == sorted(names)   # each PDF once
+    assert {p["status"] for p in report["pdfs"]} == {"complete"}
+    assert report["totals"]["pdfs_complete"] == 21 and report["totals"]["pages"] == 7 * (1 + 2 + 3)
+    lost = [e for e in report["events"] if e["event"] == "worker_lost"]
+    assert len(lost) == 1 and lost[0]["pdfs_back_in_queue"], report["events"]
+    assert not [e for e in report["events"] if e["event"] == "duplicate"]
+    # no page answered twice by the workers that lived; with the killed one's, every page was answered
+    dead = marker.read_text()
+    lines = [line.split() for line in log.read_text().splitlines()]
+    live = Counter((pdf, page) for pid, pdf, page in lines if pid != dead)
+    assert set(live.values()) == {1}
+    assert len(set(live) | {(pdf, page) for pid, pdf, page in lines if pid == dead}) == 42
+    assert f"worker {lost[0]['worker']} lost" in printed and "in its place" in printed
+    assert "progress:" in printed and "pages/s in total" in printed
+
+    before = log.read_text()
+    assert ray_run.main(["--input-dir", str(src), "--output-dir", str(out), *FAST], engine_maker=maker) == 0
+    again = load_report(out)
+    assert again["totals"]["pdfs_skipped"] == 21 and log.read_text() == before   # nothing leased
+
+
+def test_usage_errors_exit_2_before_anything_starts(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    base = ["--input-dir", str(src), "--output-dir", str(tmp_path / "out")]
+    assert ray_run.main([*base, "--num-shards", "2"]) == 2
+    assert "leases instead of shards" in capsys.readouterr().err
+    assert ray_run.main(["--input-dir", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert ray_run.main([*base, "--lease-pdfs", "0"]) == 2
+    assert ray_run.main([*base, "--storage-options", "[1]"]) == 2
+    assert "JSON object" in capsys.readouterr().err
+
+
+@pytest.mark.real_engine
+def test_real_engine_through_ray(tmp_path):
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    from make_tiny_checkpoint import build
+    ckpt = build(tmp_path / "tiny")
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "one.pdf", numbered_pages(2))
+    rc = ray_run.main(["--input-dir", str(src), "--output-dir", str(out), "--model", str(ckpt), "--dpi", "50",
+                       "--max-tokens", "24", "--batch-pages", "2", "--num-workers", "1", *FAST])
+    assert rc == 0
+    report = load_report(out)
+    assert report["totals"]["pdfs_complete"] == 1 and report["totals"]["pages"] == 2
+    assert report["totals"]["tokens"] > 0
+    assert (out / "one.md").read_text(encoding="utf-8").count("----- Page") >= 1
+    assert json.loads((out / ".ocr-state" / "done" / "one.pdf.json").read_text())["pages"] == 2
