@@ -18,6 +18,7 @@ from conftest import ROOT, load_report, run_cli  # noqa: E402
 from doubles import ScriptedEngine, page_text  # noqa: E402
 from ocr import ray_run  # noqa: E402
 from pdfgen import make_pdf, numbered_pages  # noqa: E402
+from test_storage import BUCKET, s3_server, s3fs, upload  # noqa: E402
 
 SMALL = ["--dpi", "72"]                     # small renders of small pages: the test is about scheduling
 FAST = ["--render-workers", "1", "--no-progress", "--cpus-per-worker", "0.25", "--lease-pdfs", "2",
@@ -64,21 +65,24 @@ def corpus(src: Path, n: int = 21) -> list[str]:
     return names
 
 
-def reference(src: Path, tmp_path: Path) -> dict[str, bytes]:
-    """Markdown of the plain runner, one process: what the Ray run must reproduce byte for byte."""
-    out = tmp_path / "plain"
-    assert run_cli(["--input-dir", str(src), "--output-dir", str(out), *SMALL], engine=None,
+@pytest.fixture(scope="module")
+def pdfs(tmp_path_factory):
+    """21 small PDFs (1-3 pages, some in a subfolder) and the plain runner's Markdown of them, in one
+    process: what every Ray run must reproduce byte for byte."""
+    root = tmp_path_factory.mktemp("corpus")
+    names = corpus(root / "in")
+    assert run_cli(["--input-dir", str(root / "in"), "--output-dir", str(root / "plain"), *SMALL],
                    engine_factory=lambda: ScriptedEngine(per_poll=2)) == 0
-    return markdown(out)
+    return root / "in", names, markdown(root / "plain")
 
 
 def markdown(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.md")}
 
 
-def test_a_killed_worker_loses_only_its_leases_and_the_output_is_that_of_one_process(tmp_path, capsys):
-    src, out = tmp_path / "in", tmp_path / "out"
-    names = corpus(src)
+def test_a_killed_worker_loses_only_its_leases_and_the_output_is_that_of_one_process(pdfs, tmp_path, capsys):
+    src, names, expected = pdfs
+    out = tmp_path / "out"
     log, marker = tmp_path / "answers.log", tmp_path / "killed"
     maker = functools.partial(double_maker, script=functools.partial(dying, log, marker, 4))
 
@@ -87,7 +91,7 @@ def test_a_killed_worker_loses_only_its_leases_and_the_output_is_that_of_one_pro
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert marker.exists(), "no worker was killed"
-    assert markdown(out) == reference(src, tmp_path)
+    assert markdown(out) == expected
     done = sorted(p.relative_to(out / ".ocr-state" / "done").as_posix() for p in (out / ".ocr-state" / "done")
                   .rglob("*.json"))
     assert done == sorted(f"{n}.json" for n in names)                # one manifest entry per PDF
@@ -111,6 +115,28 @@ def test_a_killed_worker_loses_only_its_leases_and_the_output_is_that_of_one_pro
     assert ray_run.main(["--input-dir", str(src), "--output-dir", str(out), *FAST], engine_maker=maker) == 0
     again = load_report(out)
     assert again["totals"]["pdfs_skipped"] == 21 and log.read_text() == before   # nothing leased
+
+
+def test_object_storage_in_and_out_through_s3fs(pdfs, tmp_path, capsys):
+    """The same run with --input-dir and --output-dir on an S3-compatible server (moto, on localhost)."""
+    src, names, expected = pdfs
+    with s3_server() as options:
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+        in_url = upload(src, options, "in")
+        args = ["--input-dir", in_url, "--output-dir", f"s3://{BUCKET}/out", "--storage-options",
+                json.dumps(options), *FAST]
+        assert ray_run.main(args, engine_maker=double_maker) == 0, capsys.readouterr().out
+        got = {p[len(f"{BUCKET}/out/"):]: fs.cat_file(p) for p in fs.find(f"{BUCKET}/out") if p.endswith(".md")}
+        assert got == expected
+        done = sorted(p for p in fs.find(f"{BUCKET}/out/.ocr-state/done"))
+        assert done == sorted(f"{BUCKET}/out/.ocr-state/done/{n}.json" for n in names)
+        assert not [p for p in fs.find(f"{BUCKET}") if ".tmp-" in p]
+        report = json.loads(fs.cat_file(f"{BUCKET}/out/run_report.json"))
+        assert report["totals"]["pdfs_complete"] == 21 and report["settings"]["input_dir"] == in_url
+
+        assert ray_run.main(args, engine_maker=double_maker) == 0
+        again = json.loads(fs.cat_file(f"{BUCKET}/out/run_report.json"))
+        assert again["totals"]["pdfs_skipped"] == 21 and again["workers"] == []
 
 
 def test_usage_errors_exit_2_before_anything_starts(tmp_path, capsys):
