@@ -123,9 +123,10 @@ def test_object_storage_in_and_out_through_s3fs(pdfs, tmp_path, capsys):
     with s3_server() as options:
         fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
         in_url = upload(src, options, "in")
+        fs.pipe_file(f"{BUCKET}/in/broken.pdf", b"not a PDF at all")       # bad input: exit 1, the rest done
         args = ["--input-dir", in_url, "--output-dir", f"s3://{BUCKET}/out", "--storage-options",
                 json.dumps(options), *FAST]
-        assert ray_run.main(args, engine_maker=double_maker) == 0, capsys.readouterr().out
+        assert ray_run.main(args, engine_maker=double_maker) == 1, capsys.readouterr().out
         got = {p[len(f"{BUCKET}/out/"):]: fs.cat_file(p) for p in fs.find(f"{BUCKET}/out") if p.endswith(".md")}
         assert got == expected
         done = sorted(p for p in fs.find(f"{BUCKET}/out/.ocr-state/done"))
@@ -133,7 +134,10 @@ def test_object_storage_in_and_out_through_s3fs(pdfs, tmp_path, capsys):
         assert not [p for p in fs.find(f"{BUCKET}") if ".tmp-" in p]
         report = json.loads(fs.cat_file(f"{BUCKET}/out/run_report.json"))
         assert report["totals"]["pdfs_complete"] == 21 and report["settings"]["input_dir"] == in_url
+        broken = [p for p in report["pdfs"] if p["pdf"] == "broken.pdf"]
+        assert len(broken) == 1 and broken[0]["status"] == "failed" and "not a PDF" in broken[0]["error"]
 
+        fs.rm_file(f"{BUCKET}/in/broken.pdf")
         assert ray_run.main(args, engine_maker=double_maker) == 0
         again = json.loads(fs.cat_file(f"{BUCKET}/out/run_report.json"))
         assert again["totals"]["pdfs_skipped"] == 21 and again["workers"] == []

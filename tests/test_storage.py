@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
-from ocr import storage
-from ocr.config import Config
-from ocr.storage import SourcePdf, Storage
-from pdfgen import make_pdf, numbered_pages
+s3fs = pytest.importorskip("s3fs")          # the `cluster` extra (brings fsspec)
 
-s3fs = pytest.importorskip("s3fs")
+from conftest import run_cli  # noqa: E402
+from ocr import storage  # noqa: E402
+from ocr.config import Config  # noqa: E402
+from ocr.storage import SourcePdf, Storage  # noqa: E402
+from pdfgen import make_pdf, numbered_pages  # noqa: E402
 BUCKET = "corpus"
 
 
