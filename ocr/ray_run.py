@@ -266,7 +266,7 @@ class WorkerCore:
             if not self.cfg.overwrite and self._done_already(pdf, local):
                 self.report.entry(pdf.rel).status = PdfStatus.SKIPPED
                 self.call("finish", self.id, pdf.rel, PdfStatus.SKIPPED.value)
-                self._unstage(pdf, local)
+                self._unstage(local)
                 return None
         except OSError as exc:
             entry = self.report.entry(pdf.rel)
@@ -287,10 +287,10 @@ class WorkerCore:
     def pdf_done(self, job: PdfJob, status: PdfStatus) -> None:
         """The pipeline finished a PDF locally: publish its Markdown (then its manifest entry), tell the
         coordinator. A storage error fails this PDF only."""
-        pdf = self.outstanding.pop(job.name)
+        pdf = self.outstanding.pop(job.name, None)
         entry = self.report.entry(job.name)
         try:
-            if status in (PdfStatus.COMPLETE, PdfStatus.PARTIAL) and job.md_path.exists():
+            if pdf is not None and status in (PdfStatus.COMPLETE, PdfStatus.PARTIAL) and job.md_path.exists():
                 record = manifest_entry(pdf, job.path, entry.pages, self.fingerprint, time.time()) \
                     if status == PdfStatus.COMPLETE else None
                 publish(self.outputs, pdf, job.md_path, record)
@@ -299,17 +299,17 @@ class WorkerCore:
             status, entry.status = PdfStatus.FAILED, PdfStatus.FAILED
             entry.error = f"cannot write the output to {self.outputs}: {exc}"
             log.warning("%s: %s", job.name, entry.error)
-        self._unstage(pdf, job.path, job.md_path)
+        self._unstage(job.path, job.md_path)
         summary = {k: v for k, v in entry.to_json().items() if k != "page_details"}
         self.call("finish", self.id, job.name, status.value, entry.error or "", summary)
 
-    def _unstage(self, pdf: SourcePdf, local: Path, md: Path | None = None) -> None:
+    def _unstage(self, local: Path, md: Path | None = None) -> None:
+        """Frees the worker's disk: the staged copy (never a local input) and the published files."""
         if not self.inputs.local:
             local.unlink(missing_ok=True)
         if md is not None:
             md.unlink(missing_ok=True)
-            for f in sorted(md.with_name(md.stem + "_assets").rglob("*"), reverse=True):
-                f.unlink() if f.is_file() else f.rmdir()
+            shutil.rmtree(md.with_name(md.stem + "_assets"), ignore_errors=True)
 
     # --- heartbeats -------------------------------------------------------------------------------
     def progress(self) -> dict[str, Any]:
@@ -648,6 +648,10 @@ def main(argv: Sequence[str] | None = None, engine_maker: EngineMaker | None = N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except Exception as exc:        # a bug, or the cluster failed: published PDFs are kept, a rerun resumes
+        print(f"error: the run stopped ({type(exc).__name__}: {exc}); finished PDFs are kept and the next run "
+              "resumes", file=sys.stderr)
+        return ExitCode.INCOMPLETE
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -51,9 +54,9 @@ def dying(log_path: Path, marker: Path, after: int, request, count=[0]) -> str:
     return answered(log_path, request)
 
 
-def double_maker(cfg, script=None):
+def double_maker(cfg, script=None, step_s=0.2):
     """An engine maker for ocr-ray: each worker gets the scripted double (this runs inside the actor)."""
-    return lambda: ScriptedEngine(script=script or page_text, per_poll=2, step_s=0.2)
+    return lambda: ScriptedEngine(script=script or page_text, per_poll=2, step_s=step_s)
 
 
 def corpus(src: Path, n: int = 21) -> list[str]:
@@ -125,8 +128,9 @@ def test_object_storage_in_and_out_through_s3fs(pdfs, tmp_path, capsys):
         in_url = upload(src, options, "in")
         fs.pipe_file(f"{BUCKET}/in/broken.pdf", b"not a PDF at all")       # bad input: exit 1, the rest done
         args = ["--input-dir", in_url, "--output-dir", f"s3://{BUCKET}/out", "--storage-options",
-                json.dumps(options), *FAST]
-        assert ray_run.main(args, engine_maker=double_maker) == 1, capsys.readouterr().out
+                json.dumps(options), "--num-workers", "1", *FAST]
+        fast = functools.partial(double_maker, step_s=0.02)
+        assert ray_run.main(args, engine_maker=fast) == 1, capsys.readouterr().out
         got = {p[len(f"{BUCKET}/out/"):]: fs.cat_file(p) for p in fs.find(f"{BUCKET}/out") if p.endswith(".md")}
         assert got == expected
         done = sorted(p for p in fs.find(f"{BUCKET}/out/.ocr-state/done"))
@@ -138,9 +142,35 @@ def test_object_storage_in_and_out_through_s3fs(pdfs, tmp_path, capsys):
         assert len(broken) == 1 and broken[0]["status"] == "failed" and "not a PDF" in broken[0]["error"]
 
         fs.rm_file(f"{BUCKET}/in/broken.pdf")
-        assert ray_run.main(args, engine_maker=double_maker) == 0
+        assert ray_run.main(args, engine_maker=fast) == 0
         again = json.loads(fs.cat_file(f"{BUCKET}/out/run_report.json"))
         assert again["totals"]["pdfs_skipped"] == 21 and again["workers"] == []
+
+
+def test_sigint_stops_the_workers_exits_130_and_keeps_what_is_finished(pdfs, tmp_path, capsys):
+    src, names, expected = pdfs
+    out, log = tmp_path / "out", tmp_path / "answers.log"
+
+    def interrupt_once_pages_come_out():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 6):
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=interrupt_once_pages_come_out, daemon=True).start()
+    maker = functools.partial(double_maker, script=functools.partial(answered, log))
+
+    assert ray_run.main(["--input-dir", str(src), "--output-dir", str(out), *FAST], engine_maker=maker) == 130
+
+    report = load_report(out)
+    assert "stopped by SIGINT" in report["interrupted"]
+    by_status = Counter(p["status"] for p in report["pdfs"])
+    assert by_status["unfinished"] > 0 and sum(by_status.values()) == 21
+    complete = sorted(p["pdf"] for p in report["pdfs"] if p["status"] == "complete")
+    done = sorted(p.relative_to(out / ".ocr-state" / "done").as_posix()[:-5]
+                  for p in (out / ".ocr-state" / "done").rglob("*.json"))
+    assert done == complete                                 # each entry stands for a whole, published PDF
+    assert {k: v for k, v in markdown(out).items()} == {k: expected[k] for k in markdown(out)}
+    assert "the workers stop after their current pages" in capsys.readouterr().err
 
 
 def test_usage_errors_exit_2_before_anything_starts(tmp_path, capsys):
