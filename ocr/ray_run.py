@@ -22,10 +22,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .checkpoint import SetupError
 from .cli import ExitCode
-from .config import Config, UsageError, build_parser, validate
-from .engine import Engine, check_tensor_parallel
+from .config import VLLM_SPEC, Config, UsageError, build_parser, validate
+from .engines.base import Engine
+from .engines.vllm import check_tensor_parallel
 from .leases import ItemState, LeaseQueue
 from .merge_reports import PROBLEM_STATUSES, Shard, merge, summary_lines
+from .pipeline import Pipeline, StopReason
 from .records import PdfJob
 from .report import PdfEntry, PdfStatus, RunReport
 from .storage import (SourcePdf, Storage, done_key, is_complete, load_done, local_sha256, manifest_entry, plan,
@@ -60,7 +62,8 @@ class RayOptions:
 
 def build_ray_parser() -> argparse.ArgumentParser:
     """The runner's parser (every runner flag, declared once in ocr/config.py) plus the Ray group."""
-    p = build_parser(prog="ocr-ray", description=DESCRIPTION)
+    p = build_parser(VLLM_SPEC, prog="ocr-ray")
+    p.description = DESCRIPTION
     for action in p._actions:
         if action.dest in ("input_dir", "output_dir"):
             action.type = str                       # URLs: Path would fold s3:// into s3:/
@@ -232,7 +235,6 @@ class WorkerCore:
                                                        for k, v in dataclasses.asdict(self.cfg).items()})
 
     def run(self) -> dict[str, Any]:
-        from .pipeline import Pipeline
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         beat = threading.Event()
         threading.Thread(target=self._heartbeats, args=(beat,), daemon=True).start()
@@ -243,8 +245,8 @@ class WorkerCore:
                 if self.stopping:
                     break
                 self.pipeline.run()
-                if self.pipeline.stop_reason:
-                    self.stopping = self.stopping or self.pipeline.stop_reason
+                if self.pipeline.stop:
+                    self.stopping = self.stopping or str(self.pipeline.stop)
         finally:
             beat.set()
             shutil.rmtree(self.root, ignore_errors=True)     # published already; a partial PDF is redone
@@ -255,7 +257,7 @@ class WorkerCore:
     def stop(self, reason: str) -> None:
         self.stopping = self.stopping or reason
         if self.pipeline is not None:
-            self.pipeline.request_stop(reason)
+            self.pipeline.request_stop(StopReason.SIGNAL, reason)
 
     # --- per PDF ----------------------------------------------------------------------------------
     def prepare(self, pdf: SourcePdf) -> PdfJob | None:
@@ -361,8 +363,8 @@ class WorkerActor:
 
 # --- the driver -------------------------------------------------------------------------------------------
 def default_engine_maker(cfg: Config) -> Callable[[], Engine]:
-    from .cli import default_engine_factory
-    return default_engine_factory(cfg)
+    from .cli import vllm_engine_factory
+    return vllm_engine_factory(cfg)
 
 
 def connect(address: str) -> None:
@@ -587,6 +589,7 @@ def run(opts: RayOptions, cfg: Config, engine_maker: EngineMaker | None = None) 
     skipped = [p for p in pdfs if p.rel not in names]
     log.info("%d PDFs: %d to do, %d already complete", len(pdfs), len(work), len(skipped))
     settings = report_settings(opts, cfg)
+    signalled = False
     if not work:
         merged = skipped_only_report(skipped, settings)
     else:
@@ -602,10 +605,11 @@ def run(opts: RayOptions, cfg: Config, engine_maker: EngineMaker | None = None) 
                 signal.signal(sig, old)
         outcome = driver.ray.get(driver.coordinator.outcome.remote())
         merged = assemble_report(driver, outcome, skipped, settings)
+        signalled = driver.stopping is not None
     outputs.write_text("run_report.json", json_text(merged, indent=1) + "\n")
     print("\n".join(summary_lines(merged)), flush=True)
     print(f"report: {outputs.path('run_report.json')}", flush=True)
-    if merged.get("interrupted") and "stopped by SIG" in merged["interrupted"]:
+    if signalled:
         return ExitCode.INTERRUPTED
     problems = any(p["status"] in PROBLEM_STATUSES for p in merged["pdfs"])
     return ExitCode.INCOMPLETE if problems or merged.get("interrupted") else ExitCode.OK
