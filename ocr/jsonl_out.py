@@ -21,6 +21,20 @@ SCHEMA_PATH = Path(__file__).with_name("schemas") / "pages.schema.json"
 STATUSES = ("ok", "blank", "failed", "damaged")
 
 
+FORMATS = ("md", "jsonl")
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """'md,jsonl' -> ('md', 'jsonl'); raises ValueError naming what is wrong. The Markdown is always written
+    (resume and the page journal rely on it), so 'md' may be left out: 'jsonl' means 'md,jsonl'."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in FORMATS]
+    if bad or not names:
+        raise ValueError(f"--format {text!r}: {'unknown ' + ', '.join(map(repr, bad)) if bad else 'empty'}; "
+                         f"choose from {', '.join(FORMATS)} (comma-separated)")
+    return tuple(f for f in FORMATS if f in names or f == "md")
+
+
 def jsonl_path(md_path: Path) -> Path:
     """x.md -> x.jsonl, x.pdf.md -> x.pdf.jsonl (always beside the Markdown)."""
     return md_path.with_suffix(".jsonl")
@@ -103,6 +117,19 @@ def image_sizes(source: Path, pages: Iterable[int], dpi: int, max_pixels: int) -
             return doc.page_count, sizes
     except (PdfError, OSError):
         return None, {}
+
+
+def write_for_pdf(cfg: Any, *, source_path: Path, source_name: str, sha256: str, size: int, md_path: Path,
+                  pages: Sequence[int], results: Iterable[PageResult]) -> Path:
+    """The runner's hook when a PDF is finalized: header from the run's settings (`cfg`: ocr.config.Config),
+    page sizes from the PDF itself, written beside the Markdown."""
+    results = list(results)
+    page_count, sizes = image_sizes(source_path, [r.page for r in results], cfg.dpi, cfg.max_render_pixels)
+    head = header_record(source_name=source_name, sha256=sha256, size=size,
+                         output=md_path.relative_to(cfg.output_dir).as_posix(), model=cfg.model, mode=cfg.mode,
+                         settings=cfg.fingerprint(), page_count=page_count or max(pages, default=1),
+                         pages=sorted(pages))
+    return write_pages_jsonl(md_path, head, results, grounded=cfg.mode == "grounded", image_sizes=sizes)
 
 
 def read_pages_jsonl(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

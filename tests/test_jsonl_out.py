@@ -160,3 +160,15 @@ def test_the_schema_in_the_docs_is_the_schema_in_the_package():
     docs = (ROOT / "docs" / "output.md").read_text(encoding="utf-8")
     shown = docs.split("## Schema", 1)[1].split("```json", 1)[1].split("```", 1)[0]
     assert json.loads(shown) == SCHEMA
+
+
+@pytest.mark.parametrize("text, formats", [("md", ("md",)), ("md,jsonl", ("md", "jsonl")),
+                                           (" JSONL ", ("md", "jsonl")), ("jsonl,md", ("md", "jsonl"))])
+def test_formats(text, formats):
+    assert jsonl_out.parse_formats(text) == formats
+
+
+@pytest.mark.parametrize("text, says", [("", "empty"), ("md,json", "unknown 'json'"), ("pdf", "unknown 'pdf'")])
+def test_bad_formats_say_what_is_wrong(text, says):
+    with pytest.raises(ValueError, match=says):
+        jsonl_out.parse_formats(text)
