@@ -40,7 +40,12 @@ class Config:
                            required=True, type=Path)
     mode: str = opt("clean", "clean: Markdown only; grounded: keep <|ref|>/<|det|> layout blocks", output=True,
                     choices=("clean", "grounded"))
-    max_pages: int | None = opt(None, "OCR at most this many pages of each PDF", output=True, type=int)
+    max_pages: int | None = opt(None, "OCR at most this many pages of each PDF (of the --pages selection)",
+                                output=True, type=int)
+    pages: str | None = opt(None, "OCR only these pages of each PDF, counted from 1 as the page lines count "
+                            "them, e.g. '1-5,10,20-'", output=True)
+    format: str = opt("md", "files per PDF: 'md', or 'md,jsonl' for <stem>.jsonl beside the Markdown (a JSON "
+                      "object per page; docs/output.md)", output=False)
     num_shards: int = opt(1, "split the PDFs into this many disjoint shards (one per worker/GPU)", output=False,
                           type=int)
     shard_index: int = opt(0, "which shard this worker runs (0-based)", output=False, type=int)
@@ -134,6 +139,17 @@ class Config:
         return self.seqs + ahead
 
     @property
+    def page_spec(self) -> Any:
+        """--pages as an ocr.pages.PageSpec (every page when not given)."""
+        from .pages import parse_spec
+        return parse_spec(self.pages)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        from .jsonl_out import parse_formats
+        return parse_formats(self.format)
+
+    @property
     def shard_suffix(self) -> str:
         return "" if self.num_shards == 1 else f".shard-{self.shard_index}-of-{self.num_shards}"
 
@@ -166,6 +182,9 @@ _ALWAYS_GROUNDED = ("roi_pass", "required_labels")
 
 
 def _fingerprint_value(name: str, value: Any) -> Any:
+    if name == "pages":                    # "1-3,2-5" and "1-5" select the same pages
+        from .pages import canonical, parse_spec
+        return canonical(parse_spec(value))
     if name == "required_labels":          # "table, image" and "image,table" make the same pages
         from .large_mode import parse_required
         return sorted(parse_required(value))
@@ -253,6 +272,13 @@ def validate(cfg: Config) -> Config:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    from .jsonl_out import parse_formats
+    from .pages import parse_spec
+    try:
+        parse_spec(cfg.pages)
+        parse_formats(cfg.format)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return cfg
 
 

@@ -40,9 +40,10 @@ def finish_page(out: EngineOutput, *, mode: str, special_tokens: Sequence[str] =
                       finish_reason=out.finish_reason, counters=dict(counts), stats=greek.page_stats(text))
 
 
-def assemble(results: Sequence[PageResult]) -> str:
-    """The PDF's Markdown: pages in order, a '----- Page N -----' line before every page from page 2."""
-    parts = []
+def assemble(results: Sequence[PageResult], selection: str = "") -> str:
+    """The PDF's Markdown: pages in order, a '----- Page N -----' line before every page from page 2; first the
+    `selection` line (ocr.pages.selection_line) when it holds only some of the PDF's pages."""
+    parts = [selection] if selection else []
     for r in sorted(results, key=lambda r: r.page):
         parts.append(r.text if r.page == 1 else f"----- Page {r.page} -----\n\n{r.text}")
     return "\n\n".join(parts).rstrip() + "\n"

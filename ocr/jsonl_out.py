@@ -10,6 +10,7 @@ from typing import Any, Iterable, Sequence
 
 import pymupdf
 
+from .engines.base import Failure
 from .grounding import parse_regions, to_pixels
 from .records import PageResult, PageStatus
 from .render import PdfError, open_pdf, page_zoom
@@ -43,7 +44,8 @@ def jsonl_path(md_path: Path) -> Path:
 def page_status(result: PageResult) -> str:
     """ok / blank / failed (the model gave nothing usable) / damaged (the page itself could not be rendered
     or loaded from the PDF: no inference happened)."""
-    if result.status == PageStatus.FAILED and (result.error or "").startswith("render failed"):
+    if result.status == PageStatus.FAILED and (result.failure == Failure.RENDER
+                                               or (result.error or "").startswith(Failure.RENDER.value)):
         return "damaged"
     return str(getattr(result.status, "value", result.status))
 

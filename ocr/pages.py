@@ -55,6 +55,18 @@ def parse_spec(spec: str | None) -> PageSpec:
     return PageSpec(tuple(ranges))
 
 
+def canonical(spec: PageSpec) -> str:
+    """One spelling per selection: ranges sorted and merged ('3-5,1-4' -> '1-5'; '9-' stays open)."""
+    merged: list[list[int | None]] = []
+    for start, end in sorted(spec.ranges, key=lambda r: r[0]):
+        if merged and (merged[-1][1] is None or start <= merged[-1][1] + 1):
+            if merged[-1][1] is not None:
+                merged[-1][1] = None if end is None else max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return ",".join(f"{a}-" if b is None else str(a) if a == b else f"{a}-{b}" for a, b in merged)
+
+
 def select(spec: PageSpec, page_count: int, max_pages: int | None = None) -> list[int]:
     """The pages to OCR: those of spec that exist, then the first max_pages of them.
 

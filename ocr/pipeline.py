@@ -20,7 +20,9 @@ from .discover import plan_jobs
 from .engines.base import Engine, Failure
 from .engines.supervisor import Supervisor, TooManyRestarts
 from .finish import assemble, blank_page, failed_page, finish_page
+from .jsonl_out import jsonl_path, write_for_pdf
 from .models import PROMPTS
+from .pages import select, selection_line
 from .passes import ATTEMPT_AGAIN, ATTEMPT_LARGE, ATTEMPT_ROI, ATTEMPT_RUNAWAY, Final, LargeCap, PageWork, \
     PassSettings, settings_for
 from .progress import Progress
@@ -54,6 +56,8 @@ class PdfProgress:
     total: int
     results: dict[int, PageResult]
     started: float = field(default_factory=time.monotonic)
+    page_count: int = 0                      # pages in the PDF
+    pages: list[int] = field(default_factory=list)    # the selected pages (--pages, --max-pages)
 
 
 class Pipeline:
@@ -104,26 +108,37 @@ class Pipeline:
     def _open(self, job: PdfJob) -> None:
         """Skip a complete PDF; open the others once: count their pages, take finished pages from the journal
         (or start afresh with --overwrite), queue the rest. A bad PDF is reported and passed over."""
-        if not self.cfg.overwrite and self.store.is_complete(job):
+        if not self.cfg.overwrite and self.store.is_complete(job) and self._outputs_present(job):
             self._settle(job, PdfStatus.SKIPPED)
             return
         try:
             with open_pdf(job.path) as doc:
-                total = min(doc.page_count, self.cfg.max_pages or doc.page_count)
+                page_count = doc.page_count
             source = source_id(job.path)
         except (PdfError, OSError) as exc:
             log.warning("%s: %s", job.name, exc)
             self._settle(job, PdfStatus.FAILED, error=str(exc))
             return
+        pages = select(self.cfg.page_spec, page_count, self.cfg.max_pages)
+        if not pages:
+            why = f"none of --pages {self.cfg.pages} is in it ({page_count} pages)"
+            log.info("%s: %s", job.name, why)
+            self._settle(job, PdfStatus.SKIPPED, error=why)
+            return
         if self.cfg.overwrite:
             self.store.drop_journal(job)
-        pdf = PdfProgress(job, source, total, self.store.open_journal(job, source))
-        self.report.pdf_opened(job.name, total, list(pdf.results.values()))
-        self.progress.add_total(total - len(pdf.results))
+        pdf = PdfProgress(job, source, len(pages), self.store.open_journal(job, source), page_count=page_count,
+                          pages=pages)
+        self.report.pdf_opened(job.name, pdf.total, list(pdf.results.values()))
+        self.progress.add_total(pdf.total - len(pdf.results))
         self._pdfs[job.index] = pdf
-        self._pages.extend((pdf, page) for page in range(1, total + 1) if page not in pdf.results)
-        if len(pdf.results) == total:
+        self._pages.extend((pdf, page) for page in pages if page not in pdf.results)
+        if len(pdf.results) == pdf.total:
             self._finalize(pdf)
+
+    def _outputs_present(self, job: PdfJob) -> bool:
+        """A complete PDF is done only if every file asked for is there (--format jsonl added later: redone)."""
+        return "jsonl" not in self.cfg.formats or jsonl_path(job.md_path).exists()
 
     def _fill(self, renderer: Renderer) -> None:
         while not self._feed_done and not self.stop and renderer.has_room():
@@ -252,7 +267,10 @@ class Pipeline:
 
     def _finalize(self, pdf: PdfProgress) -> None:
         job = pdf.job
-        write_atomic(job.md_path, assemble(list(pdf.results.values())))
+        write_atomic(job.md_path, assemble(list(pdf.results.values()), selection_line(pdf.pages, pdf.page_count)))
+        if "jsonl" in self.cfg.formats:
+            write_for_pdf(self.cfg, source_path=job.path, source_name=job.name, sha256=pdf.source.sha256,
+                          size=pdf.source.size, md_path=job.md_path, pages=pdf.pages, results=pdf.results.values())
         failed = sorted(r.page for r in pdf.results.values() if r.status == PageStatus.FAILED)
         if failed:
             status = PdfStatus.PARTIAL        # the journal stays: the next run redoes only these

@@ -172,3 +172,56 @@ def test_formats(text, formats):
 def test_bad_formats_say_what_is_wrong(text, says):
     with pytest.raises(ValueError, match=says):
         jsonl_out.parse_formats(text)
+
+
+# --- the runner with --format md,jsonl (scripted engine double) -----------------------------------------
+def test_runner_writes_jsonl_beside_the_markdown(tmp_path, inline_render):
+    from PIL import Image
+    from conftest import run_cli
+    from doubles import ScriptedEngine
+    from pdfgen import ENGLISH, GREEK, make_pdf
+    src, out = tmp_path / "in", tmp_path / "out"
+    pdf = make_pdf(src / "sub" / "doc.pdf", [ENGLISH, None, GREEK, ENGLISH])
+    answers = {1: raw("11_grounded-same-page-as-10-en.txt"), 3: raw("13_grounded-table-footnote-refs-en.txt"),
+               4: ""}
+    engine = ScriptedEngine(script=lambda r: answers[r.key.page])
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(out), "--mode", "grounded", "--required-labels", "",
+                    "--format", "md,jsonl", "--save-page-images", "--pages", "1-4"], engine=engine) == 1
+    head, *pages = validate_file(out / "sub" / "doc.jsonl")
+    assert head["source"] == {"name": "sub/doc.pdf", "sha256": sha256_of(pdf), "size": pdf.stat().st_size}
+    assert head["output"] == "sub/doc.md" and head["mode"] == "grounded" and head["page_count"] == 4
+    assert head["settings"]["mode"] == "grounded" and head["pages"] == [1, 2, 3, 4]
+    assert [(p["page"], p["status"]) for p in pages] == [(1, "ok"), (2, "blank"), (3, "ok"), (4, "failed")]
+    md = (out / "sub" / "doc.md").read_text(encoding="utf-8")
+    assert {p["page"]: p["text"] for p in pages} == split_markdown(md).pages
+    # the pixel boxes are in the page image the model saw (--save-page-images wrote it)
+    png = Image.open(out / "sub" / "doc_assets" / "page-0001.png")
+    assert (pages[0]["image"]["width"], pages[0]["image"]["height"]) == png.size
+    assert pages[0]["regions"][0]["boxes_px"] == [list(to_pixels((114, 70, 883, 570), *png.size))]
+    assert pages[3]["error"] == "the model returned no text" and pages[3]["regions"] == []
+
+
+def test_jsonl_is_written_only_when_asked_and_a_missing_one_redoes_the_pdf(tmp_path, inline_render):
+    from conftest import run_cli
+    from doubles import ScriptedEngine
+    from pdfgen import make_pdf, numbered_pages
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "a.pdf", numbered_pages(2))
+    base = ["--input-dir", str(src), "--output-dir", str(out)]
+    runs = []
+    for extra in ([], ["--format", "md,jsonl"], ["--format", "md,jsonl"], []):
+        engine = ScriptedEngine()
+        assert run_cli(base + extra, engine=engine) == 0
+        runs.append((len(engine.log), (out / "a.jsonl").exists()))
+    # md only; jsonl asked for and missing: redone; present: skipped; md only again: skipped (the jsonl stays)
+    assert runs == [(2, False), (2, True), (0, True), (0, True)]
+    validate_file(out / "a.jsonl")
+
+
+def test_a_bad_format_is_a_usage_error(tmp_path, capsys):
+    from conftest import run_cli
+    from pdfgen import make_pdf, numbered_pages
+    make_pdf(tmp_path / "in" / "a.pdf", numbered_pages(1))
+    assert run_cli(["--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"),
+                    "--format", "md,json"]) == 2
+    assert "--format 'md,json': unknown 'json'" in capsys.readouterr().err

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from ocr.finish import assemble
-from ocr.pages import (PageSpecError, compact, expand, parse_spec, select, selection_line, split_markdown)
+from ocr.pages import (PageSpecError, canonical, compact, expand, parse_spec, select, selection_line,
+                       split_markdown)
 from ocr.records import PageResult, PageStatus
 
 
@@ -98,3 +99,69 @@ def test_selection_properties(parts, count, max_pages):
         assert len(pages) <= max_pages
     wanted = {p for a, n in parts for p in range(a, (count if n is None else a + n) + 1) if p <= count}
     assert pages == sorted(wanted)[:max_pages] if max_pages else pages == sorted(wanted)
+
+
+# --- the runner with --pages (scripted engine double) ---------------------------------------------------
+def _run(src, out, *extra, engine=None):
+    from conftest import run_cli
+    return run_cli(["--input-dir", str(src), "--output-dir", str(out), *extra], engine=engine)
+
+
+def test_pages_selects_pages_and_the_markdown_keeps_their_numbers(tmp_path, inline_render):
+    from doubles import ScriptedEngine
+    from pdfgen import make_pdf, numbered_pages
+    from conftest import load_report, pdf_entry
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "long.pdf", numbered_pages(12))
+    engine = ScriptedEngine()
+    assert _run(src, out, "--pages", "3-4,9", engine=engine) == 0
+    assert sorted(p for _, p, _ in engine.log) == [3, 4, 9]
+    md = (out / "long.md").read_text(encoding="utf-8")
+    assert md.startswith("[[Pages 3-4, 9 of 12 selected]]\n\n----- Page 3 -----\n\n# Page 3")
+    split = split_markdown(md)
+    assert sorted(split.pages) == [3, 4, 9] and split.selected_of == 12
+    assert pdf_entry(load_report(out), "long.pdf")["pages"] == 3
+
+
+def test_pages_with_max_pages_and_the_resume_fingerprint(tmp_path, inline_render):
+    from doubles import ScriptedEngine
+    from pdfgen import make_pdf, numbered_pages
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "long.pdf", numbered_pages(10))
+    runs = []
+    for args in (["--pages", "5-", "--max-pages", "2"], ["--pages", "5-", "--max-pages", "2"], ["--pages", "5-"], []):
+        engine = ScriptedEngine()
+        assert _run(src, out, *args, engine=engine) == 0
+        runs.append(sorted(p for _, p, _ in engine.log))
+    assert runs == [[5, 6], [], [5, 6, 7, 8, 9, 10], list(range(1, 11))]
+    assert not (out / "long.md").read_text(encoding="utf-8").startswith("[[")     # all pages: no selection line
+
+
+def test_a_bad_pages_spec_is_a_usage_error(tmp_path, capsys):
+    from pdfgen import make_pdf, numbered_pages
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "a.pdf", numbered_pages(2))
+    assert _run(src, out, "--pages", "5-2") == 2
+    assert "--pages '5-2': '5-2' ends before it starts" in capsys.readouterr().err
+
+
+@given(st.lists(_range, min_size=1, max_size=6), st.integers(0, 80))
+def test_canonical_spelling_selects_the_same_pages(parts, count):
+    spec = parse_spec(",".join(f"{a}-" if n is None else f"{a}-{a + n}" for a, n in parts))
+    assert select(parse_spec(canonical(spec)), count) == select(spec, count)
+    assert canonical(parse_spec(canonical(spec))) == canonical(spec)
+
+
+def test_a_selection_past_the_end_of_a_short_pdf_skips_it_and_says_why(tmp_path, inline_render):
+    from conftest import load_report, pdf_entry
+    from doubles import ScriptedEngine
+    from pdfgen import make_pdf, numbered_pages
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "short.pdf", numbered_pages(3))
+    make_pdf(src / "long.pdf", numbered_pages(22))
+    engine = ScriptedEngine()
+    assert _run(src, out, "--pages", "20-25", engine=engine) == 0
+    assert sorted(p for _, p, _ in engine.log) == [20, 21, 22]
+    assert not (out / "short.md").exists()
+    entry = pdf_entry(load_report(out), "short.pdf")
+    assert entry["status"] == "skipped" and entry["error"] == "none of --pages 20-25 is in it (3 pages)"
