@@ -44,8 +44,7 @@ def jsonl_path(md_path: Path) -> Path:
 def page_status(result: PageResult) -> str:
     """ok / blank / failed (the model gave nothing usable) / damaged (the page itself could not be rendered
     or loaded from the PDF: no inference happened)."""
-    if result.status == PageStatus.FAILED and (result.failure == Failure.RENDER
-                                               or (result.error or "").startswith(Failure.RENDER.value)):
+    if result.status == PageStatus.FAILED and result.failure is Failure.RENDER:
         return "damaged"
     return str(getattr(result.status, "value", result.status))
 

@@ -14,6 +14,7 @@ import pytest
 from conftest import SHARED, fixture_pdf
 from doubles import SPECIAL_TOKENS
 from ocr import dolma, jsonl_out
+from ocr.engines.base import Failure
 from ocr.finish import assemble, blank_page, failed_page, finish_page
 from ocr.grounding import to_pixels
 from ocr.pages import split_markdown
@@ -46,7 +47,7 @@ def grounded_results():
     results = [finish_page(EngineOutput(PageKey(0, p), t, 700, "length" if p == 4 else "stop"), mode="grounded",
                            special_tokens=SPECIAL_TOKENS) for p, t in texts.items()]
     return results + [blank_page(2), failed_page(5, "the model returned no text"),
-                      failed_page(6, "render failed: RuntimeError: cannot load page")]
+                      failed_page(6, "render failed: RuntimeError: cannot load page", failure=Failure.RENDER)]
 
 
 def header(pdf: Path, mode: str = "grounded", pages=(1, 2, 3, 4, 5, 6)) -> dict:
@@ -175,30 +176,41 @@ def test_bad_formats_say_what_is_wrong(text, says):
 
 
 # --- the runner with --format md,jsonl (scripted engine double) -----------------------------------------
-def test_runner_writes_jsonl_beside_the_markdown(tmp_path, inline_render):
+def test_runner_writes_jsonl_beside_the_markdown(tmp_path, inline_render, monkeypatch):
     from PIL import Image
+    import ocr.render
     from conftest import run_cli
     from doubles import ScriptedEngine
     from pdfgen import ENGLISH, GREEK, make_pdf
     src, out = tmp_path / "in", tmp_path / "out"
-    pdf = make_pdf(src / "sub" / "doc.pdf", [ENGLISH, None, GREEK, ENGLISH])
+    pdf = make_pdf(src / "sub" / "doc.pdf", [ENGLISH, None, GREEK, ENGLISH, ENGLISH, ENGLISH])
     answers = {1: raw("11_grounded-same-page-as-10-en.txt"), 3: raw("13_grounded-table-footnote-refs-en.txt"),
                4: ""}
+    render = ocr.render.render_page
+
+    def page_5_does_not_load(doc, page_no, dpi, max_pixels):
+        if page_no == 5:
+            raise RuntimeError("cannot load page 5")
+        return render(doc, page_no, dpi, max_pixels)
+    monkeypatch.setattr(ocr.render, "render_page", page_5_does_not_load)
     engine = ScriptedEngine(script=lambda r: answers[r.key.page])
     assert run_cli(["--input-dir", str(src), "--output-dir", str(out), "--mode", "grounded", "--required-labels", "",
-                    "--format", "md,jsonl", "--save-page-images", "--pages", "1-4"], engine=engine) == 1
+                    "--format", "md,jsonl", "--save-page-images", "--pages", "1-5"], engine=engine) == 1
     head, *pages = validate_file(out / "sub" / "doc.jsonl")
     assert head["source"] == {"name": "sub/doc.pdf", "sha256": sha256_of(pdf), "size": pdf.stat().st_size}
-    assert head["output"] == "sub/doc.md" and head["mode"] == "grounded" and head["page_count"] == 4
-    assert head["settings"]["mode"] == "grounded" and head["pages"] == [1, 2, 3, 4]
-    assert [(p["page"], p["status"]) for p in pages] == [(1, "ok"), (2, "blank"), (3, "ok"), (4, "failed")]
+    assert head["output"] == "sub/doc.md" and head["mode"] == "grounded" and head["page_count"] == 6
+    assert head["settings"]["mode"] == "grounded" and head["pages"] == [1, 2, 3, 4, 5]
+    assert [(p["page"], p["status"]) for p in pages] == [(1, "ok"), (2, "blank"), (3, "ok"), (4, "failed"),
+                                                        (5, "damaged")]
     md = (out / "sub" / "doc.md").read_text(encoding="utf-8")
+    assert md.startswith("[[Pages 1-5 of 6 selected]]\n\n")
     assert {p["page"]: p["text"] for p in pages} == split_markdown(md).pages
     # the pixel boxes are in the page image the model saw (--save-page-images wrote it)
     png = Image.open(out / "sub" / "doc_assets" / "page-0001.png")
     assert (pages[0]["image"]["width"], pages[0]["image"]["height"]) == png.size
     assert pages[0]["regions"][0]["boxes_px"] == [list(to_pixels((114, 70, 883, 570), *png.size))]
     assert pages[3]["error"] == "the model returned no text" and pages[3]["regions"] == []
+    assert "cannot load page 5" in pages[4]["error"]
 
 
 def test_jsonl_is_written_only_when_asked_and_a_missing_one_redoes_the_pdf(tmp_path, inline_render):
