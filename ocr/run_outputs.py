@@ -113,7 +113,8 @@ def _status(text: str) -> tuple[str, str | None]:
         return "blank", None
     m = _FAILED_RE.match(text)
     if m:
-        return ("damaged" if m.group(1).startswith("render failed") else "failed"), m.group(1)
+        # the page itself could not be read from the file (ocr.render's messages for Failure.RENDER)
+        return ("damaged" if m.group(1).startswith(("render failed", "damaged PDF")) else "failed"), m.group(1)
     return "ok", None
 
 

@@ -21,7 +21,7 @@ from ocr.pages import split_markdown
 from ocr.records import EngineOutput, PageKey
 from ocr.render import open_pdf, render_page
 from ocr.run_outputs import read_run
-from ocr.store import sha256_of
+from ocr.store import WriteError, sha256_of
 
 RAW = SHARED / "fixtures" / "raw_outputs"
 SCHEMA = jsonl_out.load_schema()
@@ -119,7 +119,7 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     def disk_full(fd):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="cannot write doc.jsonl: no space left on device"):
         jsonl_out.write_pages_jsonl(md, header(pdf), grounded_results()[:1], grounded=True, image_sizes={})
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["doc.jsonl"]
 
@@ -150,8 +150,10 @@ def test_dolma_reads_markdown_only_outputs(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.md").write_text("First page.\n\n----- Page 2 -----\n\n[[Blank page]]\n\n----- Page 3 -----\n\n"
-                              "Third page.\n", encoding="utf-8")
+                              "Third page.\n\n----- Page 4 -----\n\n[[Page 4 failed: damaged PDF: page content "
+                              "missing (truncated or damaged file)]]\n", encoding="utf-8")
     [pdf] = read_run(out)
+    assert [p.status for p in pdf.pages.values()] == ["ok", "blank", "ok", "damaged"]
     doc = dolma.document(pdf, "test", "2026-01-01")
     assert doc["text"] == "First page.\n\nThird page." and doc["metadata"]["pdf_page_numbers"] == [[0, 11, 1], [13, 24, 3]]
 
@@ -186,13 +188,13 @@ def test_runner_writes_jsonl_beside_the_markdown(tmp_path, inline_render, monkey
     pdf = make_pdf(src / "sub" / "doc.pdf", [ENGLISH, None, GREEK, ENGLISH, ENGLISH, ENGLISH])
     answers = {1: raw("11_grounded-same-page-as-10-en.txt"), 3: raw("13_grounded-table-footnote-refs-en.txt"),
                4: ""}
-    render = ocr.render.render_page
+    render = ocr.render._render
 
-    def page_5_does_not_load(doc, page_no, dpi, max_pixels):
-        if page_no == 5:
-            raise RuntimeError("cannot load page 5")
-        return render(doc, page_no, dpi, max_pixels)
-    monkeypatch.setattr(ocr.render, "render_page", page_5_does_not_load)
+    def page_5_does_not_render(page, dpi, max_pixels):
+        if page.number == 4:
+            raise RuntimeError("cannot render page 5")
+        return render(page, dpi, max_pixels)
+    monkeypatch.setattr(ocr.render, "_render", page_5_does_not_render)
     engine = ScriptedEngine(script=lambda r: answers[r.key.page])
     assert run_cli(["--input-dir", str(src), "--output-dir", str(out), "--mode", "grounded", "--required-labels", "",
                     "--format", "md,jsonl", "--save-page-images", "--pages", "1-5"], engine=engine) == 1
@@ -210,7 +212,7 @@ def test_runner_writes_jsonl_beside_the_markdown(tmp_path, inline_render, monkey
     assert (pages[0]["image"]["width"], pages[0]["image"]["height"]) == png.size
     assert pages[0]["regions"][0]["boxes_px"] == [list(to_pixels((114, 70, 883, 570), *png.size))]
     assert pages[3]["error"] == "the model returned no text" and pages[3]["regions"] == []
-    assert "cannot load page 5" in pages[4]["error"]
+    assert pages[4]["error"] == "render failed: RuntimeError: cannot render page 5"
 
 
 def test_jsonl_is_written_only_when_asked_and_a_missing_one_redoes_the_pdf(tmp_path, inline_render):
