@@ -15,11 +15,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def fixture_pdf(name: str) -> Path:
-    path = FIXTURE_PDFS / name
+def shared(path: Path) -> Path:
+    """A fixture or golden file that must be there: a checkout without it fails, saying where it is expected."""
     if not path.exists():
-        pytest.skip(f"fixture corpus not found at {FIXTURE_PDFS}")
+        pytest.fail(f"{path} is missing: the shared fixtures (fixtures/raw_outputs, fixtures/pdfs) are expected "
+                    f"at {SHARED}, i.e. ../shared next to this checkout", pytrace=False)
     return path
+
+
+def fixture_pdf(name: str) -> Path:
+    return shared(FIXTURE_PDFS / name)
 
 
 def run_cli(args: list[str], engine=None, engine_factory=None) -> int:
@@ -56,3 +61,24 @@ class InlinePool:
 def inline_render(monkeypatch):
     import ocr.render
     monkeypatch.setattr(ocr.render.Renderer, "_new_pool", lambda self: InlinePool())
+
+
+# Tests that run the whole CLI in subprocesses, render hundreds of pages or drive a browser: minutes on the
+# 2-core development machine. `-m "not real_engine and not slow"` is the quick selection (docs/testing.md);
+# .ci/run runs everything.
+SLOW_MODULES = {"test_nothing_lost.py", "test_browser.py", "test_render_crash.py"}
+SLOW_TESTS = {
+    "test_thousand_page_pdf_streams_through",                           # test_bad_input: 1,000 rendered pages
+    "test_memory_scaling_reports_a_peak_per_size",                      # test_bench: 10- and 100-page runs
+    "test_real_runner_shards_share_one_output_dir_without_clashing",    # test_launch: two runner processes
+    "test_the_pipeline_and_its_supervisor_need_no_vllm",                # test_contract: CLI in a subprocess
+    "test_the_baseline_runs_where_vllm_is_not_installed",               # test_hf_engine: CLI in a subprocess
+    "test_cli_refuses_v1_without_trust_remote_code_in_one_line_before_any_work",
+    "test_entry_point_runs_in_a_fresh_process",                         # test_doctor
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_MODULES or getattr(item, "originalname", item.name) in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

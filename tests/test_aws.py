@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURE_PDFS, ROOT
+from conftest import FIXTURE_PDFS, ROOT, shared
 
 AWS = ROOT / "aws"
 SAMPLES = AWS / "sample_pdfs"
@@ -183,9 +183,7 @@ def test_sample_entries_are_the_fixture_files():
     for e in data["samples"]:
         assert e["source_url"] == f"https://raw.githubusercontent.com/{e['source_repo']}/{e['commit']}/{e['path']}"
         assert e["language"] in ("el", "grc")
-        local = FIXTURE_PDFS / e["file"]
-        if not local.exists():
-            pytest.skip(f"fixture corpus not found at {FIXTURE_PDFS}")
+        local = shared(FIXTURE_PDFS / e["file"])
         assert hashlib.sha256(local.read_bytes()).hexdigest() == e["sha256"]
         assert local.stat().st_size == e["bytes"]
         import pymupdf

@@ -220,3 +220,10 @@ def test_engine_dead_is_the_one_death_the_supervisor_knows():
     dying.submit(PageRequest(PageKey(0, 1), None, "x"))
     with pytest.raises(EngineDead):             # the contract's exception, not vLLM's
         dying.poll()
+
+
+def test_a_missing_fixture_fails_and_says_where_shared_is_expected():
+    from conftest import SHARED, shared
+    with pytest.raises(pytest.fail.Exception, match=f"expected at {SHARED}, i.e. ../shared next to this checkout"):
+        shared(SHARED / "fixtures" / "no-such-file.pdf")
+    assert shared(SHARED / "fixtures" / "pdfs").is_dir()

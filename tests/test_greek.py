@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ocr.greek import REPAIR_COUNTERS, STAT_KEYS, page_stats, repair
+from conftest import shared
 
 # Look-alikes are invisible in source code, so test inputs spell intruders with markers:
 # ⟦Κ⟧ is a Greek letter written in the Latin look-alike (OCR error inside Greek text),
@@ -248,7 +249,7 @@ def gazette_pages() -> list[str]:
     pymupdf = pytest.importorskip("pymupdf")
     path = next((d / _GAZETTE for d in _PDF_DIRS if (d / _GAZETTE).is_file()), None)
     if path is None:
-        pytest.skip(f"{_GAZETTE} not found")
+        shared(_PDF_DIRS[0] / _GAZETTE)
     with pymupdf.open(path) as doc:
         return [page.get_text() for page in doc if page.get_text().strip()]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, shared
 from ocr import large_mode
 from ocr.engines import vision_modes
 from ocr.engines.vision_modes import GUNDAM, LARGE, engine_prompt, expected_large_tokens, prepare_image
@@ -26,10 +26,7 @@ TEXT_PAGE = "<|ref|>text<|/ref|><|det|>[[50, 80, 950, 400]]<|/det|>\nJust a para
 
 
 def raw(name: str) -> str:
-    path = RAW / name
-    if not path.exists():
-        pytest.skip(f"raw outputs not found at {RAW}")
-    return path.read_text(encoding="utf-8")
+    return shared(RAW / name).read_text(encoding="utf-8")
 
 
 # --- the decision -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 
 from ocr.grounding import iter_blocks, parse_regions
 from ocr.postprocess import COUNTER_NAMES, EOS, process_page, strip_debug_lines
+from conftest import shared
 
 RAW_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "raw_outputs"
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden" / "postprocess"
@@ -19,12 +20,9 @@ BOX_PREFIX_RE = re.compile(r"^\s*[a-z_]*\[\[\d+, \d+, \d+, \d+\]", re.MULTILINE)
 
 
 def raw(name: str) -> str:
-    if not RAW_DIR.is_dir():
-        pytest.skip(f"fixture corpus not found at {RAW_DIR}")
+    shared(RAW_DIR)
     matches = sorted(RAW_DIR.glob(f"{name}_*.txt")) if len(name) == 2 else [RAW_DIR / name]
-    if not matches or not matches[0].exists():
-        pytest.skip(f"fixture {name} not found in {RAW_DIR}")
-    return matches[0].read_text(encoding="utf-8")
+    return shared(matches[0] if matches else RAW_DIR / f"{name}_*.txt").read_text(encoding="utf-8")
 
 
 def run(name: str, mode: str) -> tuple[str, dict[str, int]]:
@@ -43,8 +41,8 @@ def blank_pipe_row(line: str) -> bool:
     return not line.replace("|", "").strip()
 
 
-if not FILES:
-    pytestmark = pytest.mark.skip(reason=f"fixture corpus not found at {RAW_DIR}")
+def test_the_raw_outputs_are_there():
+    assert len(FILES) == 25, shared(RAW_DIR)          # the 25 real outputs in ../shared/fixtures/raw_outputs
 
 
 # --- invariants for every file -------------------------------------------------------------
@@ -290,6 +288,7 @@ def test_golden(name: str, mode: str) -> None:
         saved[key] = counters
         counts_path.write_text(json.dumps(dict(sorted(saved.items())), indent=1, ensure_ascii=False) + "\n")
     if not path.exists():
-        pytest.skip(f"no golden output for {key}: run with UPDATE_GOLDEN=1 and review the diff")
+        pytest.fail(f"no golden output {path} for {key}: run with UPDATE_GOLDEN=1 and review the diff",
+                    pytrace=False)
     assert out == path.read_text(encoding="utf-8")
     assert counters == json.loads(counts_path.read_text())[key]

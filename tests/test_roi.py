@@ -11,6 +11,7 @@ from PIL import Image
 from ocr import postprocess
 from ocr.grounding import parse_regions, to_pixels
 from ocr.roi import (FREE_OCR, MARKDOWN, counters, merge, plan_crops, save_crops)
+from conftest import shared
 
 RAW = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "raw_outputs"
 EOS = "<｜end▁of▁sentence｜>"
@@ -144,8 +145,7 @@ def test_heading_marker_is_kept_unless_the_answer_has_one():
 
 
 def real_pages() -> list[tuple[str, str]]:
-    if not RAW.exists():
-        pytest.skip(f"raw outputs not found at {RAW}")
+    shared(RAW)
     return [(f.name, page) for f in sorted(RAW.glob("*.txt"))
             for page in f.read_text(encoding="utf-8").split("<--- Page Split --->") if page.strip()]
 

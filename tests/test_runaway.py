@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from ocr.runaway import (Attempt, Runaway, better, counters, distinct_words, is_empty, loop_lines,
                          retry_sampling, retry_vision, verdict)
+from conftest import shared
 
 RAW = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "raw_outputs"
 LOOPING = {"01_runaway-overline-garbage-de.txt", "22_det-mmd-page-runaway-pre-tags-hr.txt"}
@@ -18,10 +19,7 @@ PAGE = ("# Annual report\n\nThe committee met on 12 March and approved the budge
 
 
 def raw(name: str) -> str:
-    path = RAW / name
-    if not path.exists():
-        pytest.skip(f"raw outputs not found at {RAW}")
-    return path.read_text(encoding="utf-8")
+    return shared(RAW / name).read_text(encoding="utf-8")
 
 
 def looping_page(repeats: int = 30) -> str:
@@ -108,8 +106,7 @@ def test_real_truncated_loop_names_both_reasons():
 
 
 def test_real_sound_outputs_are_not_flagged():
-    if not RAW.exists():
-        pytest.skip(f"raw outputs not found at {RAW}")
+    shared(RAW)
     names = sorted(p.name for p in RAW.glob("*.txt") if p.name not in LOOPING)
     assert len(names) >= 10
     flagged = {n: verdict(raw(n), "stop", 8192) for n in names}
