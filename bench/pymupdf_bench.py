@@ -9,7 +9,8 @@ every page of the --pdfs folder (default ../shared/fixtures/pdfs; bad files are 
 them) plus a generated A4 scan PDF, with the runner's own ocr.render.render_task (render, blank check, store
 emptied per page) at --dpi, as one render worker does. Figures: `import pymupdf` wall seconds (median of
 --repeat fresh processes) and the RSS right after it; pages/s and ms/page of the render loop (best of
---repeat); the worker's peak RSS (VmHWM). Prints a table and, with --json, writes every figure.
+--repeat); the worker's peak RSS (VmHWM); pages rendered to the same pixels as the installed version. Prints a
+table and, with --json, writes every figure.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ print(json.dumps({"version": pymupdf.__version__, "import_s": seconds, "rss_afte
 """
 
 RENDER_CHILD = r"""
-import json, sys, time
+import hashlib, json, sys, time
 from pathlib import Path
 from ocr.records import PageKey
 from ocr.render import PdfError, open_pdf, render_task
@@ -51,10 +52,12 @@ for path in paths:
     except PdfError:
         continue
 start = time.perf_counter()
-failed = sum(bool(render_task(path, PageKey(0, n), dpi, max_pixels).error) for path, n in jobs)
+pages = [render_task(path, PageKey(0, n), dpi, max_pixels) for path, n in jobs]
 seconds = time.perf_counter() - start
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-print(json.dumps({"pages": len(jobs), "failed": failed, "render_s": seconds, "peak_rss_mb": hwm / 1024}))
+digests = [p.error or ("blank" if p.blank else hashlib.sha256(p.image.tobytes()).hexdigest()[:16]) for p in pages]
+print(json.dumps({"pages": len(jobs), "failed": sum(bool(p.error) for p in pages), "render_s": seconds,
+                  "peak_rss_mb": hwm / 1024, "digests": digests}))
 """
 
 
@@ -79,7 +82,7 @@ def measure(site: str | None, paths: list[str], a: argparse.Namespace) -> dict:
             "pages_per_s": round(best["pages"] / best["render_s"], 2),
             "ms_per_page": round(1000 * best["render_s"] / best["pages"], 1),
             "render_s_all": [round(r["render_s"], 2) for r in renders],
-            "peak_rss_mb": round(max(r["peak_rss_mb"] for r in renders), 1)}
+            "peak_rss_mb": round(max(r["peak_rss_mb"] for r in renders), 1), "digests": best["digests"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,13 +103,21 @@ def main(argv: list[str] | None = None) -> int:
             import corpus      # bench/corpus.py, with the installed pymupdf
             paths += [str(p) for p in corpus.generate(Path(tmp), 1, a.scan_pages, blank_every=0, kind="scan")]
         results = [measure(site, paths, a) for site in [None, *a.site]]
-    res = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "dpi": a.dpi, "repeat": a.repeat,
-           "pdfs": [Path(p).name for p in paths], "versions": results}
+    first = results[0]["digests"]
+    for r in results:         # pages rendered to the same pixels (and blank verdicts) as the installed version
+        r["same_pixels_as_installed"] = sum(a == b for a, b in zip(r.pop("digests"), first))
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    res = {"cpus": os.cpu_count(), "load_avg_1min_at_end": load, "python": sys.version.split()[0], "dpi": a.dpi,
+           "repeat": a.repeat, "pdfs": [Path(p).name for p in paths], "versions": results}
     print(f"{'pymupdf':>10}{'import s':>10}{'RSS@import':>12}{'pages':>7}{'pages/s':>9}{'ms/page':>9}"
-          f"{'peak RSS':>10}  (MiB; {os.cpu_count()} CPUs, DPI {a.dpi}, best/median of {a.repeat})")
+          f"{'peak RSS':>10}{'same px':>9}  (MiB; {os.cpu_count()} CPUs, load {load}, DPI {a.dpi}, "
+          f"median/best of {a.repeat})")
     for r in results:
         print(f"{r['version']:>10}{r['import_s_median']:>10}{r['rss_after_import_mb']:>12}{r['pages']:>7}"
-              f"{r['pages_per_s']:>9}{r['ms_per_page']:>9}{r['peak_rss_mb']:>10}")
+              f"{r['pages_per_s']:>9}{r['ms_per_page']:>9}{r['peak_rss_mb']:>10}{r['same_pixels_as_installed']:>9}")
     if a.json:
         a.json.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     print("PYMUPDF_BENCH " + json.dumps(res), flush=True)

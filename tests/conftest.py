@@ -63,8 +63,8 @@ def inline_render(monkeypatch):
     monkeypatch.setattr(ocr.render.Renderer, "_new_pool", lambda self: InlinePool())
 
 
-# Tests that run the whole CLI in subprocesses, render hundreds of pages or drive a browser: minutes on the
-# 2-core development machine. `-m "not real_engine and not slow"` is the quick selection (docs/testing.md);
+# Tests that run the whole CLI in subprocesses, render hundreds of pages, drive a browser or import vLLM: minutes
+# on the 2-core development machine (measured with --durations). `-m "not real_engine and not slow"` is the quick selection (docs/testing.md);
 # .ci/run runs everything.
 SLOW_MODULES = {"test_nothing_lost.py", "test_browser.py", "test_render_crash.py"}
 SLOW_TESTS = {
@@ -75,6 +75,12 @@ SLOW_TESTS = {
     "test_the_baseline_runs_where_vllm_is_not_installed",               # test_hf_engine: CLI in a subprocess
     "test_cli_refuses_v1_without_trust_remote_code_in_one_line_before_any_work",
     "test_entry_point_runs_in_a_fresh_process",                         # test_doctor
+    # import vLLM (the first import takes 1-5 minutes on a loaded 2-core machine)
+    "test_token_counts_match_vllms_gundam_formula", "test_plugin_counts_from_the_produced_tensors_and_from_settings",
+    "test_install_refuses_an_unknown_vllm", "test_transformers_image_processor_defaults_are_the_official_settings",
+    "test_cpu_settings", "test_gpu_keeps_vllm_defaults_and_fp8_kv", "test_head_dim_override_comes_from_the_checkpoint",
+    "test_overrides_win", "test_pre_ada_gpu_falls_back_from_fp8_kv", "test_mm_encoder_cudagraph_where_this_vllm_has_it",
+    "test_engine_kwargs_override_comes_last",
 }
 
 
