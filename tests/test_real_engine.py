@@ -52,6 +52,9 @@ def test_real_engine_ocrs_a_folder(tmp_path, tiny_checkpoint):
     assert report["totals"]["tokens"] > 0
     assert report["engine"]["load_seconds"] > 0
     assert "CPU platform" in proc.stderr
+    # The runner's own n-gram guard (--ngram-impl ocr) on vLLM's V1 runner, proven to act by the start-up probe.
+    assert "the runner's n-gram guard on the V1 model runner" in proc.stderr
+    assert report["engine"]["guard_active"] is True
     # Random weights run to --max-tokens: such pages get one sampled retry through the real engine.
     runaway = report["totals"]["passes"].get("runaway", {})
     assert runaway.get("retried", 0) == runaway.get("pages", 0)
