@@ -236,6 +236,7 @@ class WorkerCore:
 
     def run(self) -> dict[str, Any]:
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.call("heartbeat", self.id, self.progress())        # the driver learns where it runs
         beat = threading.Event()
         threading.Thread(target=self._heartbeats, args=(beat,), daemon=True).start()
         try:
