@@ -25,13 +25,14 @@ from .cli import ExitCode
 from .config import VLLM_SPEC, Config, UsageError, build_parser, validate
 from .engines.base import Engine
 from .engines.vllm import check_tensor_parallel
+from .jsonl_out import jsonl_path
 from .leases import ItemState, LeaseQueue
 from .merge_reports import PROBLEM_STATUSES, Shard, merge, summary_lines
 from .pipeline import Pipeline, StopReason
 from .records import PdfJob
 from .report import PdfEntry, PdfStatus, RunReport
-from .storage import (SourcePdf, Storage, done_key, is_complete, load_done, local_sha256, manifest_entry, plan,
-                      publish, todo)
+from .storage import (SourcePdf, Storage, done_key, is_complete, load_done, local_sha256, manifest_entry,
+                      outputs_of, plan, publish, todo)
 from .store import json_text
 
 log = logging.getLogger("ocr.ray")
@@ -285,7 +286,8 @@ class WorkerCore:
             entry = json.loads(self.outputs.read_text(done_key(pdf.rel)))
         except (OSError, ValueError):
             return False
-        return is_complete(entry, pdf, self.fingerprint, self.outputs.exists(pdf.md_rel), local_sha256(local))
+        there = all(self.outputs.exists(rel) for rel in outputs_of(pdf, self.cfg.formats))
+        return is_complete(entry, pdf, self.fingerprint, there, local_sha256(local))
 
     def pdf_done(self, job: PdfJob, status: PdfStatus) -> None:
         """The pipeline finished a PDF locally: publish its Markdown (then its manifest entry), tell the
@@ -312,6 +314,7 @@ class WorkerCore:
             local.unlink(missing_ok=True)
         if md is not None:
             md.unlink(missing_ok=True)
+            jsonl_path(md).unlink(missing_ok=True)
             shutil.rmtree(md.with_name(md.stem + "_assets"), ignore_errors=True)
 
     # --- heartbeats -------------------------------------------------------------------------------
@@ -584,8 +587,8 @@ def run(opts: RayOptions, cfg: Config, engine_maker: EngineMaker | None = None) 
         raise SetupError(f"cannot write to --output-dir {opts.output_url}: {exc}") from exc
     pdfs = plan(inputs)
     done = {} if cfg.overwrite else load_done(outputs)
-    md_there = _markdown_present(outputs) if done else set()
-    work = todo(pdfs, done, cfg.fingerprint(), md_there.__contains__)
+    present = _outputs_present(outputs) if done else set()
+    work = todo(pdfs, done, cfg.fingerprint(), present.__contains__, cfg.formats)
     names = {p.rel for p in work}
     skipped = [p for p in pdfs if p.rel not in names]
     log.info("%d PDFs: %d to do, %d already complete", len(pdfs), len(work), len(skipped))
@@ -616,12 +619,12 @@ def run(opts: RayOptions, cfg: Config, engine_maker: EngineMaker | None = None) 
     return ExitCode.INCOMPLETE if problems or merged.get("interrupted") else ExitCode.OK
 
 
-def _markdown_present(outputs: Storage) -> set[str]:
-    """Every .md below the output (one listing instead of one request per PDF)."""
+def _outputs_present(outputs: Storage) -> set[str]:
+    """Every .md and .jsonl below the output (one listing instead of one request per PDF)."""
     outputs.fs.invalidate_cache()
     prefix = outputs.root + "/"
     try:
-        return {p[len(prefix):] for p in outputs.fs.find(outputs.root) if p.endswith(".md")}
+        return {p[len(prefix):] for p in outputs.fs.find(outputs.root) if p.endswith((".md", ".jsonl"))}
     except FileNotFoundError:
         return set()
 

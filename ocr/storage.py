@@ -16,6 +16,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from .discover import _shared_stems, find_pdfs, md_path_for
+from .jsonl_out import jsonl_path
 from .store import json_text, sha256_of, source_id
 
 STATE = ".ocr-state"
@@ -233,10 +234,16 @@ def is_complete(entry: dict[str, Any] | None, pdf: SourcePdf, fingerprint: dict[
     return sha256 is not None and sha256() == source.get("sha256")
 
 
+def outputs_of(pdf: SourcePdf, formats: tuple[str, ...] = ("md",)) -> list[str]:
+    """The files a finished PDF has in the output: its Markdown, and <stem>.jsonl with --format jsonl."""
+    return [pdf.md_rel] + ([jsonl_path(Path(pdf.md_rel)).as_posix()] if "jsonl" in formats else [])
+
+
 def todo(pdfs: list[SourcePdf], done: dict[str, dict[str, Any]], fingerprint: dict[str, Any],
-         md_exists: Callable[[str], bool]) -> list[SourcePdf]:
+         exists: Callable[[str], bool], formats: tuple[str, ...] = ("md",)) -> list[SourcePdf]:
     """The PDFs still to OCR; an entry whose stamps moved is left to the worker, which can hash its copy."""
-    return [p for p in pdfs if not (p.rel in done and is_complete(done[p.rel], p, fingerprint, md_exists(p.md_rel)))]
+    return [p for p in pdfs if not (p.rel in done and is_complete(
+        done[p.rel], p, fingerprint, all(exists(rel) for rel in outputs_of(p, formats))))]
 
 
 def manifest_entry(pdf: SourcePdf, local_pdf: Path, pages: int, fingerprint: dict[str, Any],
@@ -249,7 +256,7 @@ def manifest_entry(pdf: SourcePdf, local_pdf: Path, pages: int, fingerprint: dic
 
 
 def publish(outputs: Storage, pdf: SourcePdf, md_local: Path, entry: dict[str, Any] | None) -> None:
-    """Old entry out, assets, then the Markdown, then the new entry (None for a partial PDF, which the
+    """Old entry out, assets (and <stem>.jsonl), then the Markdown, then the new entry (None for a partial PDF, which the
     next run redoes): an entry always describes the Markdown beside it."""
     outputs.remove(done_key(pdf.rel))
     assets = md_local.with_name(md_local.stem + "_assets")
@@ -257,6 +264,8 @@ def publish(outputs: Storage, pdf: SourcePdf, md_local: Path, entry: dict[str, A
         base = str(PurePosixPath(pdf.md_rel).with_name(assets.name))
         for f in sorted(p for p in assets.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")):
             outputs.put_file(f, f"{base}/{f.relative_to(assets).as_posix()}")
+    if jsonl_path(md_local).is_file():
+        outputs.put_file(jsonl_path(md_local), jsonl_path(Path(pdf.md_rel)).as_posix())
     outputs.put_file(md_local, pdf.md_rel)
     if entry is not None:
         outputs.write_text(done_key(pdf.rel), json_text(entry) + "\n")

@@ -119,6 +119,7 @@ def test_publish_then_resume_through_storage(tmp_path, where, request):
     (md.parent / "doc_assets").mkdir(parents=True)
     md.write_text("# Ελληνικά\n", encoding="utf-8")
     (md.parent / "doc_assets" / "page-0001.png").write_bytes(b"\x89PNG")
+    md.with_suffix(".jsonl").write_text('{"page": 1}\n', encoding="utf-8")        # --format md,jsonl
     assert storage.todo([job], storage.load_done(outputs), FP, outputs.exists) == [job]
     storage.publish(outputs, job, md, storage.manifest_entry(job, local, 2, FP, 1.0))
 
@@ -131,6 +132,11 @@ def test_publish_then_resume_through_storage(tmp_path, where, request):
     assert not [p for p in outputs.fs.find(outputs.root) if ".tmp-" in p]
     assert storage.todo([job], storage.load_done(outputs), FP, outputs.exists) == []
     assert storage.todo([job], storage.load_done(outputs), {**FP, "dpi": 1}, outputs.exists) == [job]
+    assert outputs.read_text("sub/doc.jsonl") == '{"page": 1}\n'
+    assert storage.todo([job], storage.load_done(outputs), FP, outputs.exists, ("md", "jsonl")) == []
+    outputs.remove("sub/doc.jsonl")                   # asked for jsonl, it is gone: redo
+    assert storage.todo([job], storage.load_done(outputs), FP, outputs.exists, ("md", "jsonl")) == [job]
+    assert storage.todo([job], storage.load_done(outputs), FP, outputs.exists) == []
 
     storage.publish(outputs, job, md, None)           # partial this time: the old entry must not stand
     assert storage.todo([job], storage.load_done(outputs), FP, outputs.exists) == [job]
