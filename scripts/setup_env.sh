@@ -37,6 +37,8 @@ fi
 # uv ignores pip's local wheel folders; the system python3 (3.11+) is used, no interpreter download.
 [ -x .venv/bin/python ] || uv venv --quiet --python "$(command -v python3)" .venv
 export VIRTUAL_ENV="$PWD/.venv"
-uv pip install --quiet "${from[@]}" "${overrides[@]}" -e ".[$target,test]"
+# Bytecode compiled at install: Ray's dashboard agent otherwise compiles its sources on every start, and
+# with PYTHONDONTWRITEBYTECODE set the raylet gave up waiting for it (~15 s) on this 2-core machine.
+uv pip install --quiet --compile-bytecode "${from[@]}" "${overrides[@]}" -e ".[$target,test,cluster]"
 .venv/bin/python -c "${SETUP_ENV_CHECK:-import vllm, pymupdf; print('ready: vllm', vllm.__version__, '| pymupdf', pymupdf.VersionBind)}"
 if [ "$target" = gpu ] && [ -z "${SETUP_ENV_CHECK:-}" ]; then .venv/bin/python doctor.py --driver || true; fi
