@@ -19,6 +19,7 @@ from .engines.base import Engine
 from .models import inspect as inspect_model
 from .pipeline import Pipeline, StopReason
 from .report import RunReport
+from .store import WriteError
 
 log = logging.getLogger("ocr")
 EngineFactory = Callable[[], Engine]
@@ -65,16 +66,33 @@ def setup_logging(cfg: Config) -> Path:
     return path
 
 
+SAME_REQUEST_S = 2.0     # GNU `timeout` signals the runner, then its own process group: two SIGTERMs at once
+
+
 def install_signal_handlers(pipeline: Pipeline) -> dict:
-    """First SIGINT/SIGTERM: stop gracefully. Second: exit at once. Returns the handlers it replaced."""
+    """First SIGINT/SIGTERM: stop gracefully (the final report is written). Another within SAME_REQUEST_S
+    is the same request; a later one exits at once. Returns the handlers it replaced."""
+    first: list[float] = []
+
     def handler(signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
-        if pipeline.stop:                  # second signal: leave now; every file on disk is whole
+        if first and time.monotonic() - first[0] < SAME_REQUEST_S:
+            return
+        if first:                          # asked twice: leave now; every file on disk is whole
             os._exit(ExitCode.INTERRUPTED)
+        first.append(time.monotonic())
         log.warning("%s received: finishing up (send it again to exit at once)", name)
         pipeline.request_stop(StopReason.SIGNAL, f"stopped by {name}")
 
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def write_report(report: RunReport) -> None:
+    """The final report, if the disk allows it (a full disk must not hide the run's outcome)."""
+    try:
+        report.write()
+    except WriteError as exc:
+        log.error("the run report could not be written: %s", exc)
 
 
 def vllm_engine_factory(cfg: Config) -> EngineFactory:
@@ -113,7 +131,7 @@ def run(cfg: Config, engine_factory: EngineFactory | None = None, runner: Runner
         for sig, old in previous.items():
             signal.signal(sig, old)
         report.interrupted = str(pipeline.stop) if pipeline.stop else None
-        report.write()
+        write_report(report)
         for line in report.summary_lines():
             log.info("%s", line)
         log.info("report: %s", cfg.report_path)

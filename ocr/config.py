@@ -59,6 +59,12 @@ class Config:
     preprocess_workers: int = opt(max(1, min(8, (os.cpu_count() or 2) // 2)), "threads running vLLM's "
                                   "input processor (image tiling, tokenizing) beside the engine", engine="vllm",
                                   output=False, type=int)
+    blank_threshold: int = opt(20, "a page with no text or drawings is skipped as blank when its biggest mark "
+                               "holds fewer ink pixels than this (dust on a blank scan: up to ~15, one 8-pt "
+                               "digit ~21); higher skips dustier scans, 0 = never skip (docs/reliability.md)",
+                               output=True, type=int)
+    open_timeout: float = opt(120.0, "seconds to open and read one PDF before it is reported and skipped "
+                              "(a hung network mount)", output=False, type=float)
     save_page_images: bool = opt(False, "also write page PNGs to <stem>_assets/", output=False)
     save_crops: bool = opt(False, "grounded mode: write figure/table crops to <stem>_assets/", output="grounded")
     # Model and engine
@@ -261,6 +267,8 @@ def validate(cfg: Config) -> Config:
         (cfg.max_tokens >= 1, "--max-tokens must be >= 1"),
         (0.05 <= cfg.gpu_memory_utilization <= 1.0, "--gpu-memory-utilization must be in [0.05, 1]"),
         (cfg.render_workers >= 1, "--render-workers must be >= 1"),
+        (cfg.blank_threshold >= 0, "--blank-threshold must be >= 0"),
+        (cfg.open_timeout > 0, "--open-timeout must be > 0"),
         (cfg.preprocess_workers >= 1, "--preprocess-workers must be >= 1"),
         (cfg.max_engine_restarts >= 0, "--max-engine-restarts must be >= 0"),
         (cfg.tensor_parallel_size >= 1, "--tensor-parallel-size must be >= 1"),

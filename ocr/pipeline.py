@@ -27,9 +27,9 @@ from .passes import ATTEMPT_AGAIN, ATTEMPT_LARGE, ATTEMPT_ROI, ATTEMPT_RUNAWAY, 
     PassSettings, settings_for
 from .progress import Progress
 from .records import EngineOutput, PageKey, PageRequest, PageResult, PageStatus, PdfJob, RenderedPage
-from .render import PdfError, Renderer, open_pdf
+from .render import OpenCancelled, PdfError, Renderer, inspect_pdf
 from .report import PdfStatus, RunReport
-from .store import SourceId, Store, source_id, write_atomic
+from .store import SourceId, Store, WriteError, write_atomic
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 10.0
@@ -38,6 +38,7 @@ REPORT_EVERY_S = 10.0
 class StopReason(Enum):
     SIGNAL = "signal"                        # SIGINT/SIGTERM: exit code 130, the next run resumes
     TOO_MANY_RESTARTS = "too many restarts"  # the engine died more than --max-engine-restarts times
+    WRITE_ERROR = "write error"              # an output could not be written (disk full): exit code 1
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class PdfProgress:
     started: float = field(default_factory=time.monotonic)
     page_count: int = 0                      # pages in the PDF
     pages: list[int] = field(default_factory=list)    # the selected pages (--pages, --max-pages)
+    damage: dict[int, str] = field(default_factory=dict)     # pages in the engine whose file data is damaged
 
 
 class Pipeline:
@@ -93,32 +95,47 @@ class Pipeline:
     def _planned(self) -> Iterator[PdfJob]:
         jobs = plan_jobs(self.cfg.input_dir, self.cfg.output_dir, self.cfg.num_shards, self.cfg.shard_index)
         log.info("%d PDFs in this shard", len(jobs))
+        for job in jobs:                # every planned PDF is in the report, started or not
+            self.report.entry(job.name)
         return iter(jobs)
 
     def _next_page(self) -> tuple[PdfProgress, int] | None:
         """The next page to render; opens the next job's PDF when the current one has none left."""
-        while not self._pages:
+        while not self._pages and not self.stop:
             job = next(self._jobs, None)
             if job is None:
                 self._feed_done = True
                 return None
             self._open(job)
-        return self._pages.popleft()
+        return self._pages.popleft() if self._pages else None
 
     def _open(self, job: PdfJob) -> None:
         """Skip a complete PDF; open the others once: count their pages, take finished pages from the journal
-        (or start afresh with --overwrite), queue the rest. A bad PDF is reported and passed over."""
+        (or start afresh with --overwrite), queue the rest. A bad PDF is reported and passed over, and so is
+        one that meets an unexpected error."""
+        try:
+            self._open_job(job)
+        except WriteError as exc:
+            self._write_failed(job, exc)
+        except Exception as exc:
+            self._internal_error(job, exc)
+
+    def _open_job(self, job: PdfJob) -> None:
         if not self.cfg.overwrite and self.store.is_complete(job) and self._outputs_present(job):
             self._settle(job, PdfStatus.SKIPPED)
             return
         try:
-            with open_pdf(job.path) as doc:
-                page_count = doc.page_count
-            source = source_id(job.path)
-        except (PdfError, OSError) as exc:
+            info = inspect_pdf(job.path, None, self.cfg.open_timeout, stopping=lambda: self.stop is not None)
+        except OpenCancelled:
+            return
+        except PdfError as exc:
             log.warning("%s: %s", job.name, exc)
             self._settle(job, PdfStatus.FAILED, error=str(exc))
             return
+        page_count, source = info.pages, info.source
+        if info.repaired:
+            log.warning("%s: damaged file, repaired by MuPDF (%s)", job.name, info.repaired)
+            self.report.entry(job.name).repaired = info.repaired
         pages = select(self.cfg.page_spec, page_count, self.cfg.max_pages)
         if not pages:
             why = f"none of --pages {self.cfg.pages} is in it ({page_count} pages)"
@@ -134,7 +151,7 @@ class Pipeline:
         self._pdfs[job.index] = pdf
         self._pages.extend((pdf, page) for page in pages if page not in pdf.results)
         if len(pdf.results) == pdf.total:
-            self._finalize(pdf)
+            self._close(pdf)
 
     def _outputs_present(self, job: PdfJob) -> bool:
         """A complete PDF is done only if every file asked for is there (--format jsonl added later: redone)."""
@@ -152,7 +169,8 @@ class Pipeline:
     def run(self) -> None:
         self._jobs = iter(self._jobs_given) if self._jobs_given is not None else self._planned()
         window = max(2 * self.cfg.render_workers, min(self.cfg.batch_pages, 64))
-        with Renderer(self.cfg.render_workers, window, self.cfg.dpi, self.cfg.max_render_pixels) as renderer, \
+        with Renderer(self.cfg.render_workers, window, self.cfg.dpi, self.cfg.max_render_pixels,
+                      min_mark=self.cfg.blank_threshold) as renderer, \
                 Progress(disabled=self.cfg.no_progress) as self.progress:
             self._fill(renderer)                       # pages render while the engine loads
             if self._nothing_to_do(renderer):
@@ -198,11 +216,15 @@ class Pipeline:
             self._maybe_write_report()
 
     def _route(self, page: RenderedPage, sup: Supervisor) -> None:
-        pdf = self._pdfs[page.key.pdf]
+        pdf = self._pdfs.get(page.key.pdf)
+        if pdf is None:                     # its PDF failed meanwhile (an internal or write error)
+            return
+        if page.damage:
+            pdf.damage[page.key.page] = page.damage
         if page.error:
             self._record(pdf, failed_page(page.key.page, page.error, failure=Failure.RENDER))
         elif page.blank:
-            self._record(pdf, blank_page(page.key.page))
+            self._record(pdf, replace(blank_page(page.key.page), blank_reason=page.blank_reason))
         else:
             if self.cfg.save_page_images:
                 save_png(page.image, page_image_path(pdf.job.md_path, page.key.page))
@@ -220,6 +242,9 @@ class Pipeline:
             self._on_output(request.answer("", 0, None, Failure.ENGINE_ERROR, str(exc)), sup)
 
     def _on_output(self, out: EngineOutput, sup: Supervisor) -> None:
+        if out.key.pdf not in self._pdfs:   # its PDF failed meanwhile
+            self._work.pop(out.key, None)
+            return
         work = self._work[out.key]
         step = work.on_output(out)
         if isinstance(step, Final):
@@ -258,12 +283,41 @@ class Pipeline:
 
     # --- results ----------------------------------------------------------------------------------
     def _record(self, pdf: PdfProgress, result: PageResult) -> None:
+        if result.page in pdf.damage:
+            result = replace(result, damage=pdf.damage.pop(result.page))
         pdf.results[result.page] = result
-        self.store.journal_page(pdf.job, result)
+        try:
+            self.store.journal_page(pdf.job, result)
+        except WriteError as exc:
+            self._write_failed(pdf.job, exc)
+            return
         self.report.add_page(pdf.job.name, result)
         self.progress.page_done(result.tokens)
         if len(pdf.results) == pdf.total:
+            self._close(pdf)
+
+    def _close(self, pdf: PdfProgress) -> None:
+        """Finalize a PDF whose pages are all done; an error there fails this PDF, not the run."""
+        try:
             self._finalize(pdf)
+        except WriteError as exc:
+            self._write_failed(pdf.job, exc)
+        except Exception as exc:
+            self._internal_error(pdf.job, exc)
+
+    def _write_failed(self, job: PdfJob, exc: WriteError) -> None:
+        """Disk full, quota, I/O error: this PDF fails with the reason and the run stops cleanly (the next
+        PDF would meet the same disk); its journal keeps what was written, so the rerun resumes."""
+        log.error("%s: %s; stopping the run", job.name, exc)
+        self._pdfs.pop(job.index, None)
+        self._settle(job, PdfStatus.FAILED, error=str(exc))
+        self.request_stop(StopReason.WRITE_ERROR, f"stopped: {exc}")
+
+    def _internal_error(self, job: PdfJob, exc: Exception) -> None:
+        log.exception("%s: internal error; this PDF fails, the run goes on", job.name)
+        self._pdfs.pop(job.index, None)
+        self._settle(job, PdfStatus.FAILED, error=f"internal error: {type(exc).__name__}: {exc} (traceback in "
+                                                  f"the log; the next run tries it again)")
 
     def _finalize(self, pdf: PdfProgress) -> None:
         job = pdf.job
@@ -272,7 +326,11 @@ class Pipeline:
             write_for_pdf(self.cfg, source_path=job.path, source_name=job.name, sha256=pdf.source.sha256,
                           size=pdf.source.size, md_path=job.md_path, pages=pdf.pages, results=pdf.results.values())
         failed = sorted(r.page for r in pdf.results.values() if r.status == PageStatus.FAILED)
-        if failed:
+        damaged = {r.page: r.damage for r in pdf.results.values() if r.damage}
+        error = None
+        if damaged:                           # never complete: the next run looks at it again
+            status, error = PdfStatus.DAMAGED, _damage_summary(damaged)
+        elif failed:
             status = PdfStatus.PARTIAL        # the journal stays: the next run redoes only these
         else:
             self.store.mark_complete(job, pdf.source, pdf.total)
@@ -281,7 +339,7 @@ class Pipeline:
         del self._pdfs[job.index]
         log.info("%s: %s, %d pages%s", job.name, status.value, pdf.total,
                  f", failed pages {failed}" if failed else "")
-        self._settle(job, status, output=job.md_path.relative_to(self.cfg.output_dir).as_posix(),
+        self._settle(job, status, error=error, output=job.md_path.relative_to(self.cfg.output_dir).as_posix(),
                      seconds=time.monotonic() - pdf.started)
 
     def _settle(self, job: PdfJob, status: PdfStatus, **details: object) -> None:
@@ -293,7 +351,15 @@ class Pipeline:
     def _maybe_write_report(self) -> None:
         if time.monotonic() - self._last_report > REPORT_EVERY_S:
             self._last_report = time.monotonic()
-            self.report.write()
+            try:
+                self.report.write()
+            except WriteError as exc:         # the final write at the end tries again
+                log.warning("run report not updated: %s", exc)
+
+
+def _damage_summary(damaged: dict[int, str]) -> str:
+    pages = sorted(damaged)
+    return f"damaged PDF: pages {pages}: {damaged[pages[0]]}"
 
 
 def _why(request: PageRequest) -> str:

@@ -101,19 +101,22 @@ class PageResult:
     counters: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     failure: Failure | None = None      # why a failed page failed
+    blank_reason: str | None = None     # why a blank page was called blank (ocr.blank.BlankReason)
+    damage: str | None = None           # what the file lost on this page (truncated, repaired)
 
     def to_json(self) -> dict[str, Any]:
         return {"page": self.page, "status": self.status.value, "text": self.text, "tokens": self.tokens,
                 "finish_reason": self.finish_reason, "error": self.error,
                 "failure": self.failure.name if self.failure else None, "counters": self.counters,
-                "stats": self.stats}
+                "stats": self.stats, "blank_reason": self.blank_reason, "damage": self.damage}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "PageResult":
         return cls(page=int(d["page"]), status=PageStatus(d["status"]), text=d["text"],
                    tokens=int(d.get("tokens", 0)), finish_reason=d.get("finish_reason"),
                    error=d.get("error"), counters=dict(d.get("counters") or {}),
-                   stats=dict(d.get("stats") or {}), failure=_failure(d.get("failure")))
+                   stats=dict(d.get("stats") or {}), failure=_failure(d.get("failure")),
+                   blank_reason=d.get("blank_reason"), damage=d.get("damage"))
 
 
 def _failure(name: str | None) -> Failure | None:

@@ -19,6 +19,7 @@ class PdfStatus(str, Enum):
     FAILED = "failed"         # nothing could be OCRed (bad file)
     SKIPPED = "skipped"       # already complete from an earlier run
     UNFINISHED = "unfinished" # the run stopped before this PDF was done; its journal keeps the pages
+    DAMAGED = "damaged"       # written, but the file lost content on some pages (a truncated download)
 
 
 @dataclass
@@ -35,13 +36,14 @@ class PdfEntry:
     output: str | None = None
     counters: Counter = field(default_factory=Counter)
     page_details: list[dict[str, Any]] = field(default_factory=list)
+    repaired: str | None = None   # MuPDF had to repair the file: its first warning
 
     def to_json(self) -> dict[str, Any]:
         return {"pdf": self.pdf, "status": self.status.value, "pages": self.pages,
                 "blank_pages": self.blank_pages, "failed_pages": self.failed_pages,
                 "resumed_pages": self.resumed_pages, "tokens": self.tokens,
                 "seconds": round(self.seconds, 2), "error": self.error, "output": self.output,
-                "counters": dict(sorted(self.counters.items())),
+                "repaired": self.repaired, "counters": dict(sorted(self.counters.items())),
                 "page_details": sorted(self.page_details, key=lambda d: d["page"])}
 
 
@@ -81,7 +83,9 @@ class RunReport:
         e.counters.update(result.counters)
         e.page_details.append({"page": result.page, "status": result.status.value, "tokens": result.tokens,
                                "finish_reason": result.finish_reason, "counters": result.counters,
-                               "greek": result.stats})
+                               "greek": result.stats,
+                               **({"blank_reason": result.blank_reason} if result.blank_reason else {}),
+                               **({"damage": result.damage} if result.damage else {})})
 
     def event(self, kind: str, **details: Any) -> None:
         self.events.append({"event": kind, "time": round(time.time() - self.started, 1), **details})
@@ -108,7 +112,7 @@ class RunReport:
                 "counters": dict(sorted(counters.items())), "passes": passes(counters), "greek": greek}
 
     def problems(self) -> list[PdfEntry]:
-        bad = (PdfStatus.FAILED, PdfStatus.PARTIAL, PdfStatus.UNFINISHED)
+        bad = (PdfStatus.FAILED, PdfStatus.PARTIAL, PdfStatus.UNFINISHED, PdfStatus.DAMAGED)
         return [e for e in self.pdfs.values() if e.status in bad]
 
     def to_json(self) -> dict[str, Any]:

@@ -199,3 +199,30 @@ def test_a_fifo_named_pdf_is_bad_input_not_a_hang(tmp_path):
     assert pdf_entry(report, "a_pipe.pdf") == {**pdf_entry(report, "a_pipe.pdf"), "status": "failed",
                                                 "error": "not a regular file: a FIFO (named pipe)"}
     assert pdf_entry(report, "b_good.pdf")["status"] == "complete"
+
+
+def test_a_file_that_cannot_be_read_in_time_is_skipped(tmp_path, monkeypatch):
+    """A file on a hung network mount: past the open deadline it is reported and the run goes on."""
+    import threading
+    import ocr.render as render
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "a_hung.pdf", [ENGLISH])
+    released = threading.Event()
+    original = render.source_id
+
+    def hanging_read(path):
+        if path.name == "a_hung.pdf":
+            released.wait(60)              # a read() that does not return
+        return original(path)
+
+    monkeypatch.setattr(render, "source_id", hanging_read)
+    make_pdf(src / "zz_good.pdf", [ENGLISH])
+    try:
+        code = run_cli(["--input-dir", str(src), "--output-dir", str(out), "--open-timeout", "1"])
+    finally:
+        released.set()
+    assert code == 1
+    report = load_report(out)
+    assert pdf_entry(report, "zz_good.pdf")["status"] == "complete"
+    entry = pdf_entry(report, "a_hung.pdf")
+    assert entry["status"] == "failed" and "took more than 1 s" in entry["error"]

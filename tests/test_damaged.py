@@ -35,3 +35,19 @@ def test_whole_pdf_is_not_flagged(tmp_path):
     path = make_pdf(tmp_path / "whole.pdf", numbered_pages(2))
     assert inspect_pdf(path).repaired is None
     assert all(render_task(str(path), PageKey(0, n), 72, 10**6).damage is None for n in (1, 2))
+
+
+def test_truncated_pdf_is_reported_damaged_and_keeps_what_it_has(tmp_path):
+    from conftest import load_report, pdf_entry, run_cli
+    path = truncated(tmp_path)
+    out = tmp_path / "out"
+    make_pdf(path.parent / "zz_good.pdf", numbered_pages(1))
+    for good in ("complete", "skipped"):   # never complete: the rerun reports it again, not skips it
+        assert run_cli(["--input-dir", str(path.parent), "--output-dir", str(out)]) == 1
+        entry = pdf_entry(load_report(out), "half.pdf")
+        assert entry["status"] == "damaged" and "startxref" in entry["repaired"]
+        assert entry["error"] == "damaged PDF: pages [3, 4, 5]: page content missing (truncated or damaged file)"
+        assert pdf_entry(load_report(out), "zz_good.pdf")["status"] == good
+    md = (out / "half.md").read_text(encoding="utf-8")
+    assert md.count("Text of page") == 2 and md.count("failed: damaged PDF: page content missing") == 3
+    assert "[[Blank page]]" not in md

@@ -1,4 +1,4 @@
-"""A journal that cannot be read never makes every rerun crash the same way."""
+"""One PDF's unexpected error fails that PDF, not the run; a journal that cannot be read never loops."""
 
 from __future__ import annotations
 
@@ -9,6 +9,33 @@ from pdfgen import ENGLISH, make_pdf, numbered_pages
 
 def named_text(request) -> str:
     return f"pdf {request.key.pdf} page {request.key.page}"
+
+
+def test_an_unexpected_error_finishing_one_pdf_fails_only_that_pdf(tmp_path, monkeypatch):
+    import ocr.pipeline as pipeline
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "a.pdf", numbered_pages(2, "Alpha"))
+    make_pdf(src / "b.pdf", numbered_pages(2, "Beta"))
+    original = pipeline.assemble
+
+    def broken(results):
+        if any(r.text.startswith("pdf 0 ") for r in results):
+            raise RuntimeError("a bug in assembling a.pdf")
+        return original(results)
+
+    monkeypatch.setattr(pipeline, "assemble", broken)
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(out)],
+                   engine=ScriptedEngine(script=named_text)) == 1
+    report = load_report(out)
+    a = pdf_entry(report, "a.pdf")
+    assert a["status"] == "failed" and "RuntimeError: a bug in assembling a.pdf" in a["error"]
+    assert pdf_entry(report, "b.pdf")["status"] == "complete" and (out / "b.md").exists()
+    [log] = (out / "logs").glob("run-*.log")
+    assert "Traceback" in log.read_text(encoding="utf-8")
+    monkeypatch.undo()
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(out)],
+                   engine=ScriptedEngine(script=named_text)) == 0
+    assert (out / "a.md").read_text(encoding="utf-8").startswith("pdf 0 page 1")
 
 
 def test_an_unreadable_journal_is_moved_aside_not_a_crash_loop(tmp_path):

@@ -67,6 +67,49 @@ def test_journal_append_failure_is_typed(tmp_path, monkeypatch):
         store._append_line(tmp_path / "j.jsonl", {"page": 1})
 
 
+def outputs(out) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.md"))}
+
+
+def test_full_disk_fails_the_pdf_being_written_and_the_rerun_completes(tmp_path, monkeypatch):
+    """The disk fills while b.md is written: b fails with the reason, the report is written, the run
+    stops with exit code 1; after freeing space the rerun completes, byte-identical to a run without."""
+    import ocr.pipeline as pipeline
+    from conftest import load_report, pdf_entry
+    src = tmp_path / "in"
+    for name in ("a", "b", "c"):
+        make_pdf(src / f"{name}.pdf", [f"{name} {ENGLISH}", None])
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(tmp_path / "ref")]) == 0
+    out = tmp_path / "out"
+    original, real_fsync, full = pipeline.write_atomic, os.fsync, []
+
+    def fsync(fd):
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    def write_atomic(path, text):
+        full.extend([1] if path.name == "b.md" else [])
+        try:
+            original(path, text)
+        finally:
+            full.clear()           # only b.md did not fit; the report still does
+
+    monkeypatch.setattr(store.os, "fsync", fsync)
+    monkeypatch.setattr(pipeline, "write_atomic", write_atomic)
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(out), "--batch-pages", "1"]) == 1
+    report = load_report(out)
+    assert pdf_entry(report, "b.pdf")["status"] == "failed"
+    assert pdf_entry(report, "b.pdf")["error"] == "cannot write b.md: no space left on device"
+    assert pdf_entry(report, "a.pdf")["status"] == "complete"
+    assert pdf_entry(report, "c.pdf")["status"] == "unfinished"
+    assert "no space left on device" in report["interrupted"]
+    assert sorted(outputs(out)) == ["a.md"] and not list(out.rglob("*.part"))
+    monkeypatch.undo()
+    assert run_cli(["--input-dir", str(src), "--output-dir", str(out)]) == 0
+    assert outputs(out) == outputs(tmp_path / "ref")
+
+
 def test_temp_files_of_killed_runs_are_swept(tmp_path):
     """A SIGKILL between mkstemp and rename leaves a temp file; the next write into that folder removes
     it, but never one of a live process (another shard writing beside it)."""
