@@ -44,7 +44,7 @@ def journal_lines(journal: Path) -> list[int]:
 
 def start_under_timeout(src: Path, out: Path) -> subprocess.Popen:
     """The runner under `timeout --preserve-status`, as the README's smoke test runs it."""
-    return subprocess.Popen(["timeout", "--preserve-status", "-k", "120", "600", *command(src, out)], env=ENV,
+    return subprocess.Popen(["timeout", "--preserve-status", "-k", "400", "900", *command(src, out)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -59,7 +59,7 @@ def expire_after_first_page(proc: subprocess.Popen, out: Path, delay: float) -> 
 
 
 def check(attempt: int, proc: subprocess.Popen, out: Path) -> None:
-    assert proc.wait(300) == 130, (attempt, proc.stderr.read()[-3000:])
+    assert proc.wait(500) == 130, (attempt, proc.stderr.read()[-3000:])
     report = load_report(out)
     assert report["interrupted"] == "stopped by SIGTERM", attempt
     states = {e["pdf"]: e["status"] for e in report["pdfs"]}
