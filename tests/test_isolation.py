@@ -18,10 +18,10 @@ def test_an_unexpected_error_finishing_one_pdf_fails_only_that_pdf(tmp_path, mon
     make_pdf(src / "b.pdf", numbered_pages(2, "Beta"))
     original = pipeline.assemble
 
-    def broken(results):
+    def broken(results, *rest):
         if any(r.text.startswith("pdf 0 ") for r in results):
             raise RuntimeError("a bug in assembling a.pdf")
-        return original(results)
+        return original(results, *rest)
 
     monkeypatch.setattr(pipeline, "assemble", broken)
     assert run_cli(["--input-dir", str(src), "--output-dir", str(out)],
