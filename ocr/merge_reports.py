@@ -16,7 +16,7 @@ from .report import counter_lines, passes
 from .store import json_text, write_atomic
 
 SUMMED = ("pdfs", "pages", "blank_pages", "failed_pages", "tokens")
-PROBLEM_STATUSES = ("failed", "partial", "unfinished")
+PROBLEM_STATUSES = ("failed", "partial", "unfinished", "damaged")
 
 
 @dataclass
