@@ -43,14 +43,15 @@ for job in "$@"; do
   want_profile=0
   [[ $flags == *+profile* ]] && { want_profile=1; flags=${flags//+profile/}; }
   log="$OUT/$name.log"
-  [ $want_profile = 1 ] && profile "$log" "$name" > "$OUT/$name-profile.txt" 2>&1 &
+  prof=
+  if [ $want_profile = 1 ]; then profile "$log" "$name" > "$OUT/$name-profile.txt" 2>&1 & prof=$!; fi
   # shellcheck disable=SC2086  # flags is a list
   env "${env[@]}" timeout 400 python3 bench/bench.py --model /tmp/ckpt --load-format dummy --generate "$PAGES" \
     --corpus-dir /tmp/corpus-bench --force-tokens "$TOKENS" --batch-pages "$BATCH" --kv-cache-dtype fp8 \
     --render-workers 8 --preprocess-workers 8 --engine-runs core --proc-sample 2 --budget-s 380 \
     "${ATTN[@]}" --json "$OUT/$name.json" $flags > "$log" 2>&1
   echo "== $name ($runner $flags): exit $? in $(( $(date +%s) - start )) s"
-  wait
+  [ -n "$prof" ] && { sleep 1; kill "$prof" 2>/dev/null; wait "$prof" 2>/dev/null; }
   grep -m3 -E "V2 Model Runner|V1 Model Runner|model runner|guard" "$log" | cut -c1-200
   grep -E "^(engine loaded|engine core:|runner:|ratio|GPU)" "$log" | cut -c1-400
   [ -f "$OUT/$name-split.json" ] && cat "$OUT/$name-profile.txt"
