@@ -344,7 +344,8 @@ def instrument_runner(timers: Timers):
 
     patch(pl, "finish_page", lambda f: timers.wrap("runner.main.post_processing", f))
     patch(pl, "write_atomic", lambda f: timers.wrap("runner.main.write_markdown", f))
-    patch(pl, "source_id", lambda f: timers.wrap("runner.main.source_hash", f))
+    # Opening a PDF (stat, sha256 of the file, MuPDF open) runs in ocr.render.inspect_pdf since the open deadline.
+    patch(pl, "inspect_pdf", lambda f: timers.wrap("runner.main.open_and_hash", f))
     patch(st.Store, "journal_page", lambda f: timers.wrap("runner.main.journal_page", f))
     patch(st.Store, "mark_complete", lambda f: timers.wrap("runner.main.manifest", f))
 
