@@ -27,7 +27,7 @@ command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
 
 # Resolve once, for the target interpreter and platform rather than this machine's. The wheelhouse also
 # holds what the offline side needs to install the rest: uv, and setuptools to build the runner itself.
-extras=(--extra "$target" --extra test --extra cluster)
+extras=(--extra "$target" --extra test)
 [ "$target" = cpu ] && extras+=(--override "$root/requirements/cpu-overrides.txt")
 tools=$(mktemp) && trap 'rm -f "$tools"' EXIT
 printf 'setuptools>=68\nuv\n' > "$tools"
