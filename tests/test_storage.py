@@ -31,7 +31,7 @@ def s3_server():
     server.start()
     try:
         options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing"}
-        s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir(BUCKET)
+        s3fs.S3FileSystem(skip_instance_cache=True, **options).makedirs(BUCKET, exist_ok=True)  # moto keeps buckets in-process across servers
         yield options
     finally:
         server.stop()
