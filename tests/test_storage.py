@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,10 @@ def s3_server():
     server.start()
     try:
         options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing"}
-        s3fs.S3FileSystem(skip_instance_cache=True, **options).makedirs(BUCKET, exist_ok=True)  # moto keeps buckets in-process across servers
+        # moto keeps its state in-process across servers: another module's objects under the same
+        # prefix turned one PDF into two in CI. Each server starts empty.
+        urllib.request.urlopen(urllib.request.Request(f"{options['endpoint_url']}/moto-api/reset", method="POST"))
+        s3fs.S3FileSystem(skip_instance_cache=True, **options).makedirs(BUCKET, exist_ok=True)
         yield options
     finally:
         server.stop()
