@@ -20,8 +20,9 @@ Engine mode, in this order, all in this process:
               then ocr.finish.finish_page and the runner's journal/Markdown writes over those outputs
   5. runner   ocr.cli.run(cfg, engine_factory) over the same folder with a factory that hands out the
               already-loaded engine; the runner's time is split per stage (main thread: waiting for
-              renders and engine steps, post-processing, writes; beside it: input processing in the
-              engine's threads, render + blank check in the render workers)
+              renders and engine steps, collecting post-processed pages, writes; beside it: input
+              processing in the engine's threads, render + blank check in the render workers,
+              post-processing and the runaway check in the post workers)
 It prints pages/s and output tokens/s of each, the ratios runner/engine, per-stage CPU seconds, peak RSS
 (getrusage, children included, and sampled per phase) and GPU utilization per phase (nvidia-smi, when
 there is one). --json writes every figure (after each phase too); the same JSON is printed on the last
@@ -328,6 +329,7 @@ def instrument_runner(timers: Timers):
     """Times the runner's main-thread stages by wrapping what ocr.pipeline calls (bench process only).
     A name that moved is reported as not instrumented instead of failing the benchmark."""
     import ocr.pipeline as pl
+    import ocr.postwork as pw
     import ocr.render as rd
     import ocr.store as st
 
@@ -342,7 +344,21 @@ def instrument_runner(timers: Timers):
         setattr(owner, name, make(original))
         undo.append((owner, name, original))
 
-    patch(pl, "finish_page", lambda f: timers.wrap("runner.main.post_processing", f))
+    # Post-processing and the runaway check run in the post workers (ocr.postwork): the main thread only
+    # collects what they are done with; the workers' own seconds come back with each job.
+    patch(pl.Pipeline, "_collect_post", lambda f: timers.wrap("runner.main.collect_post", f))
+
+    def post_poll(original: Callable) -> Callable:
+        def poll(self: Any, wait_s: float = 0.0) -> Any:
+            done = original(self, wait_s)
+            for d in done:
+                kind = d.key[0] if isinstance(d.key, tuple) else "job"
+                name = {"finish": "post_processing", "judge": "runaway_check"}.get(kind, kind)
+                timers.add(f"runner.workers.{name}", d.seconds, d.seconds)
+            return done
+        return poll
+
+    patch(pw.PostWorkers, "poll", post_poll)
     patch(pl, "write_atomic", lambda f: timers.wrap("runner.main.write_markdown", f))
     # Opening a PDF (stat, sha256 of the file, MuPDF open) runs in ocr.render.inspect_pdf since the open deadline.
     patch(pl, "inspect_pdf", lambda f: timers.wrap("runner.main.open_and_hash", f))
@@ -843,9 +859,13 @@ def stage_summary(timers: Timers, cfg: Any, res: dict[str, Any]) -> dict[str, An
         workers = cfg.preprocess_workers
         if workers:
             ceilings["input_processing_threads"] = workers
-    main = sum(st.get(k, {}).get("wall_s_per_item", 0.0) for k in ("post_processing", "write"))
+    main = st.get("write", {}).get("wall_s_per_item", 0.0)     # post-processing runs in the post workers
     if main:
-        ceilings["main_thread_finish+write_pages_per_s"] = rate(1.0, main)
+        ceilings["main_thread_write_pages_per_s"] = rate(1.0, main)
+    post = st.get("post_processing", {}).get("wall_s_per_item", 0.0)
+    if post:
+        ceilings["post_workers_pages_per_s"] = rate(cfg.post_workers, post)
+        ceilings["post_workers"] = cfg.post_workers
     summary["ceilings"] = ceilings
     runner_wall = res["runner"]["seconds"]
     if runner_wall:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 WORK_PIXELS = 1_000_000  # the check runs on a copy scaled to about this many pixels (keeps tall pages)
 INK_CONTRAST = 36       # grey levels darker than the paper that count as ink: grey-0.75 text is 64 below

@@ -142,9 +142,15 @@ def run(cfg: Config, engine_factory: EngineFactory | None = None, runner: Runner
 
 def main(argv: Sequence[str] | None = None, engine_factory: EngineFactory | None = None,
          runner: Runner = VLLM) -> int:
+    return guarded(lambda: run(parse_config(argv, runner.spec), engine_factory, runner),
+                   "finished pages are kept and the next run resumes")
+
+
+def guarded(body: Callable[[], int], kept: str) -> int:
+    """The one top-level handler (the runner's and ocr-ray's): each error becomes one line and an exit code;
+    `kept` says what a stopped run leaves behind."""
     try:
-        cfg = parse_config(argv, runner.spec)
-        return run(cfg, engine_factory, runner)
+        return body()
     except (UsageError, SetupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
@@ -153,8 +159,8 @@ def main(argv: Sequence[str] | None = None, engine_factory: EngineFactory | None
         return ExitCode.INTERRUPTED
     except Exception as exc:         # a bug: finished pages are kept (journal, Markdown) and the next run resumes
         where = _log_traceback()
-        print(f"error: internal error, the run stopped ({type(exc).__name__}: {exc}); finished pages are kept "
-              f"and the next run resumes{f'; traceback in {where}' if where else ''}", file=sys.stderr)
+        print(f"error: internal error, the run stopped ({type(exc).__name__}: {exc}); {kept}"
+              f"{f'; traceback in {where}' if where else ''}", file=sys.stderr)
         return ExitCode.INCOMPLETE
 
 

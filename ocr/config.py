@@ -63,8 +63,15 @@ class Config:
                                "holds fewer ink pixels than this (dust on a blank scan: up to ~15, one 8-pt "
                                "digit ~21); higher skips dustier scans, 0 = never skip (docs/reliability.md)",
                                output=True, type=int)
-    open_timeout: float = opt(120.0, "seconds to open and read one PDF before it is reported and skipped "
-                              "(a hung network mount)", output=False, type=float)
+    post_workers: int = opt(1, "processes running post-processing and the runaway verdict beside the engine "
+                            "loop (one keeps up with ~100 ordinary pages/s, bench/postprocess_bench.py)",
+                            output=False, type=int)
+    post_timeout: float = opt(60.0, "seconds of post-processing one page may take before it keeps its raw "
+                              "text without meta tokens (counter postprocess_timeout); the worst 200 KB "
+                              "input takes < 1 s", output=False, type=float)
+    open_timeout: float = opt(120.0, "seconds to open and read one PDF before it is reported and skipped, "
+                              "and to render one page before it gets a failure stub (a hung network mount)",
+                              output=False, type=float)
     save_page_images: bool = opt(False, "also write page PNGs to <stem>_assets/", output=False)
     save_crops: bool = opt(False, "grounded mode: write figure/table crops to <stem>_assets/", output="grounded")
     # Model and engine
@@ -269,6 +276,8 @@ def validate(cfg: Config) -> Config:
         (cfg.render_workers >= 1, "--render-workers must be >= 1"),
         (cfg.blank_threshold >= 0, "--blank-threshold must be >= 0"),
         (cfg.open_timeout > 0, "--open-timeout must be > 0"),
+        (cfg.post_workers >= 1, "--post-workers must be >= 1"),
+        (cfg.post_timeout > 0, "--post-timeout must be > 0"),
         (cfg.preprocess_workers >= 1, "--preprocess-workers must be >= 1"),
         (cfg.max_engine_restarts >= 0, "--max-engine-restarts must be >= 0"),
         (cfg.tensor_parallel_size >= 1, "--tensor-parallel-size must be >= 1"),

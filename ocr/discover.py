@@ -65,22 +65,22 @@ def md_path_for(rel: Path, output_dir: Path, keep_suffix: bool = False) -> Path:
     return output_dir / rel.parent / ((rel.name if keep_suffix else rel.stem) + ".md")
 
 
-def _shared_stems(rels: list[Path]) -> set[Path]:
-    """PDFs whose <stem>.md another PDF of the same folder would also get (compared without case, so a
-    case-insensitive output disk is safe too)."""
+def md_paths(rels: list[Path], output_dir: Path) -> list[Path]:
+    """Each relative PDF path's Markdown (`md_path_for`), keeping the suffix of PDFs whose <stem>.md another
+    PDF of the same folder would also get (compared without case, so a case-insensitive output disk is
+    safe too)."""
     seen: dict[str, list[Path]] = {}
     for rel in rels:
         seen.setdefault((rel.parent / rel.stem).as_posix().casefold(), []).append(rel)
-    return {rel for group in seen.values() if len(group) > 1 for rel in group}
+    shared = {rel for group in seen.values() if len(group) > 1 for rel in group}
+    return [md_path_for(rel, output_dir, keep_suffix=rel in shared) for rel in rels]
 
 
 def plan_jobs(input_dir: Path, output_dir: Path, num_shards: int = 1, shard_index: int = 0) -> list[PdfJob]:
     paths = find_pdfs(input_dir)
     rels = [path.relative_to(input_dir) for path in paths]
-    shared = _shared_stems(rels)
     jobs = []
-    for path, rel, shard in zip(paths, rels, assign_shards(paths, num_shards)):
+    for path, rel, md, shard in zip(paths, rels, md_paths(rels, output_dir), assign_shards(paths, num_shards)):
         if shard == shard_index:
-            jobs.append(PdfJob(index=len(jobs), path=path, rel=rel,
-                               md_path=md_path_for(rel, output_dir, keep_suffix=rel in shared)))
+            jobs.append(PdfJob(index=len(jobs), path=path, rel=rel, md_path=md))
     return jobs

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from . import large_mode, roi, runaway
 from .config import Config
@@ -83,25 +82,34 @@ class PageWork:
         self.crops: list[roi.Crop] = []
         self.answers: dict[int, str | None] = {}
 
-    def on_output(self, out: EngineOutput) -> list[PageRequest] | Final:
+    @staticmethod
+    def needs_judging(out: EngineOutput) -> bool:
+        """An answer whose runaway verdict decides what comes next: judged beside the control loop
+        (`runaway.judge` in ocr.postwork), then passed in as on_output's `judged`."""
+        return not out.failure and out.attempt in (ATTEMPT_FIRST, ATTEMPT_AGAIN, ATTEMPT_RUNAWAY)
+
+    def on_output(self, out: EngineOutput, judged: runaway.Judged | None = None) -> list[PageRequest] | Final:
+        """The next requests for this page, or how it ended. `judged`: `runaway.judge` of out, when done
+        already (judged here when not)."""
         self.tokens += out.tokens
         if out.attempt in (ATTEMPT_FIRST, ATTEMPT_AGAIN):
-            return self._on_first(out)
+            return self._on_first(out, judged)
         if out.attempt == ATTEMPT_RUNAWAY:
-            return self._on_runaway_retry(out)
+            return self._on_runaway_retry(out, judged)
         if out.attempt == ATTEMPT_LARGE:
             return self._on_large(out)
         return self._on_crop(out)
 
     # --- runaway ------------------------------------------------------------------------------------
-    def _on_first(self, out: EngineOutput) -> list[PageRequest] | Final:
+    def _on_first(self, out: EngineOutput, judged: runaway.Judged | None) -> list[PageRequest] | Final:
         if out.failure:
             if out.attempt == ATTEMPT_FIRST and out.failure.retryable:
                 return [replace(self.request, attempt=ATTEMPT_AGAIN)]
             return self._fail(out.failure, out.error, out.finish_reason)
         s = self.settings
-        self.first = runaway.Attempt(out.text, out.finish_reason, out.tokens)
-        self.first_verdict = v = runaway.verdict(out.text, out.finish_reason, s.max_tokens)
+        judged = judged or runaway.judge(out.text, out.finish_reason, s.max_tokens)
+        self.first = runaway.Attempt(out.text, out.finish_reason, out.tokens, judged)
+        self.first_verdict = v = judged.verdict
         if v and s.runaway_retry:
             retry = self._runaway_request(v)
             if retry is not None:
@@ -120,21 +128,23 @@ class PageWork:
         self.retry_vision = vision
         return replace(self.request, attempt=ATTEMPT_RUNAWAY, vision=vision, sampling=sampling)
 
-    def _on_runaway_retry(self, out: EngineOutput) -> list[PageRequest] | Final:
+    def _on_runaway_retry(self, out: EngineOutput, judged: runaway.Judged | None) -> list[PageRequest] | Final:
         assert self.first is not None
         kept = self.first
         if not out.failure:
-            kept = runaway.better(self.first, runaway.Attempt(out.text, out.finish_reason, out.tokens))
+            judged = judged or runaway.judge(out.text, out.finish_reason, self.settings.max_tokens)
+            kept = runaway.better(self.first, runaway.Attempt(out.text, out.finish_reason, out.tokens, judged))
             if kept is not self.first:
                 self.kept_vision = self.retry_vision
         return self._read(kept, retried=True)
 
     def _read(self, kept: runaway.Attempt, retried: bool) -> list[PageRequest] | Final:
         """The page's answer is settled: count the runaway outcome, then the grounded passes."""
-        final_verdict = self.first_verdict and runaway.verdict(kept.text, kept.finish_reason, self.settings.max_tokens)
+        assert kept.judged is not None
+        final_verdict = self.first_verdict and kept.judged.verdict
         self.counters.update(runaway.counters(self.first_verdict, retried, kept is not self.first, final_verdict))
         self.kept = kept
-        if runaway.is_empty(kept.text):          # markup or tags alone count as no text too
+        if kept.judged.empty:                    # markup or tags alone count as no text too
             return self._fail(Failure.NO_TEXT, None, kept.finish_reason)
         return self._large()
 

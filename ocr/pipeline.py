@@ -13,16 +13,17 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Iterable, Iterator
 
-from . import roi
+from . import roi, runaway
 from .assets import assets_dir, link_figures, page_image_path, save_crops, save_png
 from .config import Config
 from .discover import plan_jobs
 from .engines.base import Engine, Failure
 from .engines.supervisor import Supervisor, TooManyRestarts
-from .finish import assemble, blank_page, failed_page, finish_page
+from .finish import assemble, blank_page, failed_page
 from .jsonl_out import jsonl_path, write_for_pdf
 from .models import PROMPTS
 from .pages import select, selection_line
+from .postwork import FAILED_COUNTER, TIMEOUT_COUNTER, Done, PostWorkers, fallback_page, finish_job, judge_job
 from .passes import ATTEMPT_AGAIN, ATTEMPT_LARGE, ATTEMPT_ROI, ATTEMPT_RUNAWAY, Final, LargeCap, PageWork, \
     PassSettings, settings_for
 from .progress import Progress
@@ -70,8 +71,10 @@ class Pipeline:
 
     def __init__(self, cfg: Config, engine_factory: Callable[[], Engine], report: RunReport,
                  jobs: Iterable[PdfJob] | None = None,
-                 on_pdf_done: Callable[[PdfJob, PdfStatus], None] | None = None):
+                 on_pdf_done: Callable[[PdfJob, PdfStatus], None] | None = None,
+                 finisher: Callable[..., PageResult] = finish_job):
         self.cfg = cfg
+        self._finisher = finisher           # the page clean-up run in the post workers (module-level, picklable)
         self.engine_factory = engine_factory
         self.report = report
         self.on_pdf_done = on_pdf_done
@@ -87,6 +90,10 @@ class Pipeline:
         self._large_cap = LargeCap(cfg.retry_large_cap)
         self._last_report = 0.0
         self.special_tokens: tuple[str, ...] = ()
+        self._post: PostWorkers | None = None
+        # in the post workers: answers being judged (runaway verdict), pages being finished
+        self._judging: dict[PageKey, EngineOutput] = {}
+        self._finishing: dict[PageKey, tuple[PageRequest, Final, EngineOutput]] = {}
 
     def request_stop(self, reason: StopReason, message: str) -> None:
         self.stop = self.stop or Stop(reason, message)
@@ -170,8 +177,9 @@ class Pipeline:
         self._jobs = iter(self._jobs_given) if self._jobs_given is not None else self._planned()
         window = max(2 * self.cfg.render_workers, min(self.cfg.batch_pages, 64))
         with Renderer(self.cfg.render_workers, window, self.cfg.dpi, self.cfg.max_render_pixels,
-                      min_mark=self.cfg.blank_threshold) as renderer, \
-                Progress(disabled=self.cfg.no_progress) as self.progress:
+                      min_mark=self.cfg.blank_threshold, timeout_s=self.cfg.open_timeout) as renderer, \
+                Progress(disabled=self.cfg.no_progress) as self.progress, \
+                PostWorkers(self.cfg.post_workers, self.cfg.post_timeout) as self._post:
             self._fill(renderer)                       # pages render while the engine loads
             if self._nothing_to_do(renderer):
                 return
@@ -191,6 +199,7 @@ class Pipeline:
                 log.error("%s: stopping", exc)
                 self.request_stop(StopReason.TOO_MANY_RESTARTS, str(exc))
             finally:
+                self._drain_post()
                 self.report.engine.update(restarts=sup.restarts, pages_isolated=len(sup.isolated),
                                           seconds_lost=round(sup.seconds_lost, 1))
                 sup.close()
@@ -201,19 +210,27 @@ class Pipeline:
     def _loop(self, renderer: Renderer, sup: Supervisor) -> None:
         while not self.stop:
             self._fill(renderer)
-            while sup.accepting() and sup.in_flight() < self.cfg.pages_in_flight and not self.stop:
+            # a post-processing backlog (a hung page, a starved CPU) may grow to as many pages as are in
+            # flight: the engine stays full meanwhile, and the pages held (with their images) stay bounded
+            while sup.accepting() and sup.in_flight() < self.cfg.pages_in_flight \
+                    and self._in_post() < self.cfg.pages_in_flight and not self.stop:
                 page = renderer.next(block=sup.in_flight() == 0)
                 if page is None:
                     break
                 self._route(page, sup)
                 self._fill(renderer)
+            self._collect_post(sup)
             if sup.in_flight() == 0:
-                if self._nothing_to_do(renderer):
+                if self._nothing_to_do(renderer) and not self._in_post():
                     return
+                self._collect_post(sup, wait_s=0.05)   # the rest of this run's pages are in the post workers
                 continue
             for out in sup.poll():
                 self._on_output(out, sup)
             self._maybe_write_report()
+
+    def _in_post(self) -> int:
+        return len(self._judging) + len(self._finishing)
 
     def _route(self, page: RenderedPage, sup: Supervisor) -> None:
         pdf = self._pdfs.get(page.key.pdf)
@@ -245,25 +262,79 @@ class Pipeline:
         if out.key.pdf not in self._pdfs:   # its PDF failed meanwhile
             self._work.pop(out.key, None)
             return
+        if PageWork.needs_judging(out):
+            assert self._post is not None and self.passes is not None
+            self._judging[out.key] = out
+            self._post.submit(("judge", out.key), judge_job, out.text, out.finish_reason, self.passes.max_tokens)
+            return
+        self._advance(out, None, sup)
+
+    def _advance(self, out: EngineOutput, judged: runaway.Judged | None, sup: Supervisor) -> None:
         work = self._work[out.key]
-        step = work.on_output(out)
+        step = work.on_output(out, judged)
         if isinstance(step, Final):
             del self._work[out.key]
-            self._record(self._pdfs[out.key.pdf], self._finish(work.request, step))
+            self._finish(work.request, step)
             return
         if step:
             log.info("page %d of %s: %s", out.key.page, self._pdfs[out.key.pdf].job.name, _why(step[0]))
         for request in step:
             self._submit(request, sup)
 
-    def _finish(self, request: PageRequest, final: Final) -> PageResult:
-        page, md_path = request.key.page, self._pdfs[request.key.pdf].job.md_path
+    def _finish(self, request: PageRequest, final: Final) -> None:
+        """A failed page is recorded at once; the others go to the post workers (ocr.postwork)."""
         if final.failure:
-            return replace(failed_page(page, final.error or final.failure.value, final.tokens, final.finish_reason,
-                                       failure=final.failure), counters=final.counters)
+            self._record(self._pdfs[request.key.pdf], replace(
+                failed_page(request.key.page, final.error or final.failure.value, final.tokens, final.finish_reason,
+                            failure=final.failure), counters=final.counters))
+            return
         out = EngineOutput(request.key, final.text, final.tokens, final.finish_reason)
-        result = finish_page(out, mode=self.cfg.mode, special_tokens=self.special_tokens,
-                             greek_repair=self.cfg.greek_repair)
+        assert self._post is not None
+        self._finishing[request.key] = (request, final, out)
+        self._post.submit(("finish", request.key), self._finisher, out, self.cfg.mode, self.special_tokens,
+                          self.cfg.greek_repair)
+
+    def _collect_post(self, sup: Supervisor | None, wait_s: float = 0.0) -> None:
+        """Take what the post workers are done with: a judged answer goes on through its passes (not when
+        stopping: sup is None), a finished page is recorded. A page whose post-processing raised or ran past
+        --post-timeout keeps its raw text without meta tokens (postwork.fallback_page)."""
+        assert self._post is not None
+        for done in self._post.poll(wait_s):
+            kind, key = done.key
+            if kind == "judge":
+                self._judged(self._judging.pop(key), done, sup)
+                continue
+            request, final, out = self._finishing.pop(key)
+            if key.pdf not in self._pdfs:       # its PDF failed meanwhile
+                continue
+            if done.error is not None:
+                log.warning("page %d of %s: %s; the raw text is kept", out.key.page,
+                            self._pdfs[out.key.pdf].job.name, done.error)
+                result = fallback_page(out, done, self.cfg.mode, self.special_tokens)
+            else:
+                result = done.value
+            self._record(self._pdfs[out.key.pdf], self._with_assets(request, final, result))
+
+    def _judged(self, out: EngineOutput, done: Done, sup: Supervisor | None) -> None:
+        if sup is None or out.key.pdf not in self._pdfs or out.key not in self._work:
+            return                               # stopping, or its PDF failed meanwhile: it is redone later
+        judged = done.value
+        if done.error is not None:               # judge it as sound: its post-processing will meet the same
+            log.warning("page %d of %s: runaway check: %s", out.key.page, self._pdfs[out.key.pdf].job.name,
+                        done.error)
+            self._work[out.key].counters[TIMEOUT_COUNTER if done.timed_out else FAILED_COUNTER] += 1
+            judged = runaway.Judged(None, 0, False, 0)
+        self._advance(out, judged, sup)
+
+    def _drain_post(self) -> None:
+        """At the end of the run or a stop, record the pages still being finished; answers still being
+        judged are dropped (their pages are redone by the next run). Waits at most --post-timeout."""
+        deadline = time.monotonic() + self.cfg.post_timeout + 1.0
+        while self._finishing and time.monotonic() < deadline:
+            self._collect_post(None, wait_s=0.1)
+
+    def _with_assets(self, request: PageRequest, final: Final, result: PageResult) -> PageResult:
+        page, md_path = request.key.page, self._pdfs[request.key.pdf].job.md_path
         result = replace(result, counters={**final.counters, **result.counters})
         if self.cfg.save_crops and self.cfg.mode == "grounded":
             crops = save_crops(request.image, final.text, md_path, page)

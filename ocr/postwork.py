@@ -23,13 +23,14 @@ from typing import Any
 
 from . import postprocess
 from .finish import finish_page
+from .helper_process import start_helper
 from .grounding import GROUNDING_TAGS, is_layout_label
 from .records import EngineOutput, PageResult, PageStatus
-from .runaway import verdict
+from .runaway import Judged, judge
 
 FAILED_COUNTER = "postprocess_failed"     # the clean-up raised: raw text kept
 TIMEOUT_COUNTER = "postprocess_timeout"   # the clean-up ran past its time limit: raw text kept
-DEFAULT_TIMEOUT_S = 20.0                  # 200 KB of the worst input takes < 1 s (bench/postprocess_bench.py)
+DEFAULT_TIMEOUT_S = 60.0                  # 200 KB of the worst input takes < 1 s (bench/postprocess_bench.py)
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,7 @@ class Done:
 
 def _serve(conn: Connection, parent_pid: int) -> None:
     """A worker: run each (key, fn, args) it is sent and send back (key, ok, value or error text)."""
-    def watch() -> None:                   # end with the runner, even when it is SIGKILLed
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(0)
-    threading.Thread(target=watch, daemon=True).start()
+    start_helper(parent_pid)
     conn.send("ready")                     # the time limit starts with the job, not with the import
     while True:
         try:
@@ -187,9 +184,9 @@ def finish_job(out: EngineOutput, mode: str, special_tokens: Sequence[str], gree
     return finish_page(out, mode=mode, special_tokens=special_tokens, greek_repair=greek_repair)
 
 
-def verdict_job(text: str, finish_reason: str | None, max_tokens: int) -> Any:
-    """`runaway.verdict` in a worker (a Runaway or None)."""
-    return verdict(text, finish_reason, max_tokens)
+def judge_job(text: str, finish_reason: str | None, max_tokens: int) -> Judged:
+    """`runaway.judge` in a worker: the verdict, and what choosing between two attempts needs."""
+    return judge(text, finish_reason, max_tokens)
 
 
 # bounded repeats: one linear pass each, whatever the text

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .checkpoint import SetupError
-from .cli import ExitCode
+from .cli import ExitCode, guarded
 from .config import VLLM_SPEC, Config, UsageError, build_parser, validate
 from .engines.base import Engine
 from .engines.vllm import check_tensor_parallel
@@ -647,20 +647,12 @@ def main(argv: Sequence[str] | None = None, engine_maker: EngineMaker | None = N
     """`engine_maker(cfg)` returns each worker's engine factory; it travels to the actors (pickled), so
     it must be importable there. Tests pass one that builds the scripted engine double."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
+
+    def body() -> int:
         opts, cfg = parse_args(argv)
         return run(opts, cfg, engine_maker)
-    except (UsageError, SetupError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
-    except Exception as exc:        # a bug, or the cluster failed: published PDFs are kept, a rerun resumes
-        print(f"error: the run stopped ({type(exc).__name__}: {exc}); finished PDFs are kept and the next run "
-              "resumes", file=sys.stderr)
-        return ExitCode.INCOMPLETE
-
+    # a bug, or the cluster failed
+    return guarded(body, "finished PDFs are kept and the next run resumes")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,7 @@ from PIL import Image
 
 from .blank import MIN_MARK_INK, Verdict, check_page, largest_mark
 from .discover import file_problem
+from .helper_process import start_helper
 from .records import PageKey, RenderedPage
 from .store import SourceId, source_id
 
@@ -216,15 +217,8 @@ def render_task(path: str, key: PageKey, dpi: int, max_pixels: int, min_mark: in
                         seconds=seconds)
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Render processes end when the runner does, even when it is SIGKILLed (`timeout -s KILL`, the OOM
-    killer): a pool worker would otherwise wait on its queue forever, holding ~200 MB."""
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+def warm_up() -> None:
+    """A render process's first task: nothing; unpickling it imports this module (PyMuPDF, Pillow)."""
 
 
 @dataclass
@@ -241,8 +235,14 @@ class Renderer:
     pages are rendered again one at a time, so only the page that kills a process alone gets the stub."""
 
     def __init__(self, workers: int, window: int, dpi: int, max_pixels: int, task: Callable | None = None,
-                 min_mark: int = MIN_MARK_INK):
+                 min_mark: int = MIN_MARK_INK, timeout_s: float = 120.0):
         self._workers, self._task, self._min_mark = workers, task, min_mark
+        # no render finished for this long, renders pending: a page hangs (a hung network mount, a MuPDF
+        # loop); its processes are killed and the pages in progress rendered one at a time, as after a crash
+        self._timeout = timeout_s
+        self._progress = time.monotonic()      # when a render last finished (or the pool went idle)
+        self._stalled = False                  # the last broken pool was killed for a stall
+        self._warming: list[Future] = []
         self._pool = self._new_pool()
         self._window = max(window, workers)
         self._dpi, self._max_pixels = dpi, max_pixels
@@ -250,8 +250,12 @@ class Renderer:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn: the parent may hold CUDA and vLLM threads, which must not be forked
-        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
+        pool = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=start_helper, initargs=(os.getpid(),))
+        # one warm-up per process (each submit starts one): start-up and imports (PyMuPDF: 3.6 s here, more
+        # under load) happen before the first page, and the render deadline is armed only after them
+        self._warming = [pool.submit(warm_up) for _ in range(self._workers)]
+        return pool
 
     def has_room(self) -> bool:
         return len(self._pending) < self._window
@@ -278,26 +282,65 @@ class Renderer:
                 entry.future = self._start(entry)
 
     def _start(self, entry: _Entry) -> Future:
+        if not any(e.future is not None and not e.future.done() for e in self._pending):
+            self._progress = time.monotonic()  # the pool was idle: the deadline starts now
         try:
-            return self._pool.submit(self._task or render_task, *entry.args)
+            future = self._pool.submit(self._task or render_task, *entry.args)
+            future.add_done_callback(self._finished)
+            return future
         except BrokenProcessPool as exc:     # a process died since the last look: next() sorts it out
             failed: Future = Future()
             failed.set_exception(exc)
             return failed
 
+    def _finished(self, future: Future) -> None:
+        self._progress = time.monotonic()     # (in the pool's thread: one float store)
+
+    def _check_stall(self) -> None:
+        if not all(f.done() for f in self._warming):
+            self._progress = time.monotonic()  # still starting: the deadline counts from the end of it
+            return
+        if time.monotonic() - self._progress > self._timeout and not self._stalled:
+            self._stalled = self._kill_processes() > 0   # the pool breaks: every page in progress fails with it
+
+    def _kill_processes(self) -> int:
+        """SIGKILL the pool's processes. A broken pool's clean-up sends SIGTERM, which they ignore, and then
+        waits for every process to end: a hung one would hold it, and the runner's exit, for ever."""
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        for process in processes:
+            process.kill()
+        return len(processes)
+
+    def _wait(self, future: Future) -> None:
+        while not future.done():
+            self._check_stall()
+            try:
+                future.exception(timeout=0.2)
+            except TimeoutError:
+                pass
+
     def next(self, block: bool) -> RenderedPage | None:
         """The oldest page in progress if it is done (or when block is set), else None."""
         self._launch()
-        if not self._pending or (not block and not self._pending[0].future.done()):
+        if not self._pending:
             return None
+        if not self._pending[0].future.done():
+            self._check_stall()
+            if not block:
+                return None
+            self._wait(self._pending[0].future)
         entry = self._pending.popleft()
         try:
             page = entry.future.result()
         except BrokenProcessPool:
+            stalled, self._stalled = self._stalled, False
+            self._kill_processes()
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
+            self._progress = time.monotonic()
             if entry.solo:
-                return RenderedPage(entry.args[1], error="render failed: the render process died on this page")
+                why = f"rendering took over {self._timeout:g} s" if stalled else "the render process died"
+                return RenderedPage(entry.args[1], error=f"render failed: {why} on this page")
             for other in (entry, *self._pending):
                 if other.future is not None and not (other.future.done() and other.future.exception() is None):
                     other.future, other.solo = None, True
@@ -307,6 +350,7 @@ class Renderer:
         return page
 
     def close(self) -> None:
+        self._kill_processes()                # at the end of a run or a stop, nothing they hold is needed
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> "Renderer":

@@ -73,11 +73,22 @@ class Runaway:
 
 
 @dataclass(frozen=True)
+class Judged:
+    """What `verdict` and `better` need to know of one answer, measured once (`judge`: in a post worker,
+    beside the control loop)."""
+    verdict: Runaway | None
+    words: int                     # distinct_words
+    empty: bool                    # is_empty
+    runs: int                      # loop_lines + ngram_runs
+
+
+@dataclass(frozen=True)
 class Attempt:
-    """One engine answer for a page."""
+    """One engine answer for a page, and what was measured of it when that was done already."""
     text: str
     finish_reason: str | None
     tokens: int = 0
+    judged: Judged | None = None
 
 
 @dataclass(frozen=True)
@@ -129,18 +140,33 @@ def distinct_words(text: str) -> int:
 
 # --- decisions ------------------------------------------------------------------------------------
 
+def judge(text: str, finish_reason: str | None, max_tokens: int) -> Judged:
+    """The verdict and the measures `better` compares."""
+    lines, ngrams, empty = _measure(text)
+    return Judged(_verdict(lines, ngrams, empty, finish_reason, max_tokens), distinct_words(text), empty,
+                  lines + ngrams)
+
+
 def verdict(text: str, finish_reason: str | None, max_tokens: int) -> Runaway | None:
     """Why this output should be retried, or None when it looks sound."""
+    return _verdict(*_measure(text), finish_reason, max_tokens)
+
+
+def _measure(text: str) -> tuple[int, int, bool]:
+    """loop_lines, ngram_runs and is_empty, with one pass of the loop detector."""
+    found = loops.find_loops(text)
+    return found.looped, found.degenerate + postprocess.drop_runaway_latex(text)[1], is_empty(text)
+
+
+def _verdict(lines: int, ngrams: int, empty: bool, finish_reason: str | None, max_tokens: int) -> Runaway | None:
     found, details = [], []
-    lines = loop_lines(text)
-    ngrams = ngram_runs(text)
     if lines:
         found.append("repeated_lines")
         details.append(f"{lines} lines in a loop")
     if ngrams:
         found.append("repeated_ngrams")
         details.append(f"{ngrams} repetitive runs")
-    if is_empty(text):
+    if empty:
         found.append("empty")
         details.append("no text")
     if finish_reason == "length":
@@ -154,8 +180,8 @@ def verdict(text: str, finish_reason: str | None, max_tokens: int) -> Runaway | 
 
 def better(a: Attempt, b: Attempt) -> Attempt:
     """The attempt to keep (rules in the module docstring); ties keep `a`."""
-    words_a, words_b = distinct_words(a.text), distinct_words(b.text)
-    empty_a, empty_b = is_empty(a.text), is_empty(b.text)
+    ja, jb = _judged(a), _judged(b)
+    words_a, words_b, empty_a, empty_b = ja.words, jb.words, ja.empty, jb.empty
     if empty_a != empty_b:
         return b if empty_a else a
     stop_a, stop_b = a.finish_reason == "stop", b.finish_reason == "stop"
@@ -163,13 +189,16 @@ def better(a: Attempt, b: Attempt) -> Attempt:
         done, cut = (a, b) if stop_a else (b, a)
         done_words, cut_words = (words_a, words_b) if stop_a else (words_b, words_a)
         return done if done_words >= MIN_CONTENT_RATIO * cut_words else cut
-    runs_a = loop_lines(a.text) + ngram_runs(a.text)
-    runs_b = loop_lines(b.text) + ngram_runs(b.text)
+    runs_a, runs_b = ja.runs, jb.runs
     if runs_a != runs_b:
         return a if runs_a < runs_b else b
     if words_a != words_b:
         return a if words_a > words_b else b
     return a
+
+
+def _judged(a: Attempt) -> Judged:
+    return a.judged or judge(a.text, a.finish_reason, 0)
 
 
 def retry_sampling(runaway: Runaway, *, ngram_size: int, ngram_window: int,

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .discover import _shared_stems, find_pdfs, md_path_for
+from .discover import find_pdfs, md_paths
 from .jsonl_out import jsonl_path
 from .store import json_text, sha256_of, source_id
 
@@ -162,10 +162,8 @@ def mtime_ns(info: dict[str, Any]) -> int:
 def plan(inputs: Storage) -> list[SourcePdf]:
     """Every PDF of the input, with the runner's Markdown names (x.pdf beside x.PDF keep their suffix)."""
     listed = inputs.list_pdfs()
-    rels = [Path(rel) for rel, _, _ in listed]
-    shared = _shared_stems(rels)
-    return [SourcePdf(i, rel, md_path_for(path, Path(""), keep_suffix=path in shared).as_posix(), size, mtime)
-            for i, ((rel, size, mtime), path) in enumerate(zip(listed, rels))]
+    mds = md_paths([Path(rel) for rel, _, _ in listed], Path(""))
+    return [SourcePdf(i, rel, md.as_posix(), size, mtime) for i, ((rel, size, mtime), md) in enumerate(zip(listed, mds))]
 
 
 def done_key(pdf: str) -> str:

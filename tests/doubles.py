@@ -85,3 +85,13 @@ class ScriptedEngine:
     def close(self) -> None:
         self.closed = True
         self._released.set()
+
+
+def failing_finisher(out, mode, special_tokens, greek_repair):
+    """A post-processing job (ocr.postwork.finish_job) that raises on page 2 and hangs on page 3 of a PDF."""
+    from ocr.postwork import finish_job
+    if out.key.page == 2:
+        raise ValueError("a clean-up bug")
+    if out.key.page == 3:
+        time.sleep(600)
+    return finish_job(out, mode, special_tokens, greek_repair)

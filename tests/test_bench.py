@@ -95,7 +95,9 @@ def test_bench_engine_and_runner_on_the_tiny_checkpoint(tmp_path, tiny_checkpoin
     assert res["input_processing"]["prompt_tokens"] > 0
     runner_stages = res["stages"]["runner"]
     assert runner_stages["main.wait_for_engine_step (poll)"]["wall_s"] > 0
-    assert runner_stages["main.post_processing"]["count"] == 2
+    assert runner_stages["workers.post_processing"]["count"] == 2      # in the post workers
+    assert runner_stages["workers.runaway_check"]["count"] == 2
+    assert runner_stages["main.collect_post"]["count"] > 0
     assert runner_stages["main.journal_page"]["count"] == 3
     assert runner_stages["workers.render+blank"]["count"] == 3
     assert res["stages"]["ceilings"]["render_pool_pages_per_s"] > 0
@@ -248,7 +250,7 @@ def test_bench_harness_with_a_fake_engine(tmp_path, fake_vllm, capsys, budget, c
     stages = res["stages"]
     assert stages["bench"]["render"]["count"] == 8 and stages["bench"]["post_processing"]["count"] == 6
     assert stages["bench"]["write"]["count"] == 8               # journal lines: blank pages too
-    assert stages["runner"]["main.post_processing"]["count"] == 6
+    assert stages["runner"]["workers.post_processing"]["count"] == 6
     assert stages["runner"]["threads.input_processing"]["count"] == 6
     assert res["runner"]["not_instrumented"] == []
     (engine,) = _FakeVllmEngine.instances
@@ -256,7 +258,10 @@ def test_bench_harness_with_a_fake_engine(tmp_path, fake_vllm, capsys, budget, c
     text = capsys.readouterr().out
     assert "ratio runner/engine" in text and text.rstrip().splitlines()[-1].startswith("BENCH_JSON ")
     import ocr.pipeline
-    assert not hasattr(ocr.pipeline.finish_page, "__wrapped__")  # runner instrumentation undone
+    import ocr.postwork
+    assert not hasattr(ocr.pipeline.Pipeline._collect_post, "__wrapped__")  # runner instrumentation undone
+    assert ocr.postwork.PostWorkers.poll.__name__ == "poll" and ocr.postwork.PostWorkers.poll.__qualname__ == \
+        "PostWorkers.poll"
 
 
 def test_spread_lengths_are_the_same_pages_in_every_run(tmp_path, fake_vllm):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -154,7 +153,7 @@ def test_jobs_are_pulled_lazily_and_each_outcome_is_reported(tmp_path, inline_re
     from ocr.report import PdfStatus, RunReport
 
     src, out = tmp_path / "in", tmp_path / "out"
-    for name in "abcd":
+    for name in "abcdefgh":
         make_pdf(src / f"{name}.pdf", numbered_pages(2, name.upper()))
     (src / "e.pdf").write_bytes(b"not a pdf")
     cfg = base(input_dir=src, output_dir=out, batch_pages=2, render_workers=1, no_progress=True)
@@ -173,9 +172,10 @@ def test_jobs_are_pulled_lazily_and_each_outcome_is_reported(tmp_path, inline_re
 
     report = run()
     done = {e[1]: e[2] for e in events if e[0] == "done"}
-    assert done == {"a.pdf": PdfStatus.COMPLETE, "b.pdf": PdfStatus.COMPLETE, "c.pdf": PdfStatus.COMPLETE,
-                    "d.pdf": PdfStatus.COMPLETE, "e.pdf": PdfStatus.FAILED}
-    assert events.index(("done", "a.pdf", PdfStatus.COMPLETE)) < events.index(("pull", "d.pdf"))
+    assert done == {**{f"{n}.pdf": PdfStatus.COMPLETE for n in "abcdfgh"}, "e.pdf": PdfStatus.FAILED}
+    # look-ahead is bounded by the render window (2 pages), the pages in flight (4) and those in the post
+    # workers (4 at most): a.pdf is done before the seventh PDF is pulled
+    assert events.index(("done", "a.pdf", PdfStatus.COMPLETE)) < events.index(("pull", "g.pdf"))
     assert (out / "c.md").read_text(encoding="utf-8").startswith("# Page 1")
     assert report.pdfs["a.pdf"].status is PdfStatus.COMPLETE and report.pdfs["e.pdf"].error
 

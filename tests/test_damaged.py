@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from ocr.records import PageKey
 from ocr.render import inspect_pdf, render_task

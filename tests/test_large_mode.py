@@ -14,7 +14,6 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, shared
-from ocr import large_mode
 from ocr.engines import vision_modes
 from ocr.engines.vision_modes import GUNDAM, LARGE, engine_prompt, expected_large_tokens, prepare_image
 from ocr.large_mode import counters, keep_large, missing_labels, parse_required

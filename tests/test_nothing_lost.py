@@ -148,15 +148,17 @@ def test_second_signal_exits_at_once(tmp_path, reference):
     assert time.monotonic() - sent < 4
 
 
-def test_render_processes_end_with_a_killed_runner(tmp_path, reference):
-    """SIGKILL (the OOM killer, `timeout -s KILL`) leaves no render process behind holding memory."""
+def test_render_and_post_processes_end_with_a_killed_runner(tmp_path, reference):
+    """SIGKILL (the OOM killer, `timeout -s KILL`) leaves no render or post-processing process behind
+    holding memory."""
     import psutil
     src, _ = reference
     out = tmp_path / "out"
-    proc = start(src, out, 8.0)
+    proc = start(src, out, 8.0, "--post-workers", "2")
     _wait_for_journal_page(out, timeout=120)
     workers = psutil.Process(proc.pid).children(recursive=True)
-    assert workers
+    spawned = [p for p in workers if "spawn_main" in " ".join(p.cmdline())]
+    assert len(spawned) == 3, [p.cmdline() for p in workers]         # 1 render process, 2 post workers
     proc.kill()
     proc.wait()
     gone, alive = psutil.wait_procs(workers, timeout=10)

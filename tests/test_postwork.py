@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ocr.postwork import (FAILED_COUNTER, TIMEOUT_COUNTER, Done, PostWorkers, fallback_page, fallback_text,
-                          finish_job, verdict_job)
+                          finish_job, judge_job)
 from ocr.records import EngineOutput, PageKey, PageStatus
 
 EOS = "<｜end▁of▁sentence｜>"
@@ -75,11 +75,11 @@ def test_the_page_jobs_run_in_a_worker(workers: PostWorkers) -> None:
     out = EngineOutput(PageKey(0, 2), "<image>\n# Τίτλος\n\nΚείμενο." + EOS, 12, "stop")
     loop = "Intro\n" + "\n".join(["Die Funktion f ist stetig auf dem Intervall."] * 30)
     workers.submit("finish", finish_job, out, "clean", (), "safe")
-    workers.submit("verdict", verdict_job, loop, "stop", 8192)
+    workers.submit("verdict", judge_job, loop, "stop", 8192)
     got = collect(workers, 2)
     page = got["finish"].value
     assert (page.page, page.status, page.text) == (2, PageStatus.OK, "# Τίτλος\n\nΚείμενο.")
-    assert got["verdict"].value.reason == "repeated_lines"
+    assert got["verdict"].value.verdict.reason == "repeated_lines" and got["verdict"].value.runs >= 29
 
 
 @pytest.mark.parametrize(("done", "counter"), [(Done("k", error="ValueError: x"), FAILED_COUNTER),
@@ -92,3 +92,39 @@ def test_fallback_page_keeps_the_raw_text_without_meta_tokens(done: Done, counte
     assert (page.page, page.status, page.tokens, page.finish_reason) == (5, PageStatus.OK, 40, "length")
     page.text.encode("utf-8")
     assert fallback_text(raw, "grounded").startswith("<|ref|>text<|/ref|><|det|>[[1, 2, 3, 4]]<|/det|>\nΑθήνα")
+
+
+def test_the_runner_goes_on_past_a_page_whose_clean_up_raises_or_hangs(tmp_path, inline_render):
+    """In a run: page 2's clean-up raises, page 3's hangs past --post-timeout. Both keep their raw text
+    without meta tokens and say so in the report; the other PDF is finished while page 3 hangs (the engine
+    loop never waits for post-processing; the second worker takes it); the PDF with the bad pages is complete."""
+    import dataclasses
+
+    from conftest import load_report
+    from doubles import ScriptedEngine, failing_finisher
+    from ocr.cli import write_report
+    from ocr.config import parse_config
+    from ocr.discover import plan_jobs
+    from ocr.pipeline import Pipeline
+    from ocr.report import PdfStatus, RunReport
+    from pdfgen import make_pdf, numbered_pages
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "a.pdf", numbered_pages(4, "Alpha"))
+    make_pdf(src / "b.pdf", numbered_pages(1, "Beta"))
+    cfg = dataclasses.replace(parse_config(["--input-dir", str(src), "--output-dir", str(out)]),
+                              batch_pages=8, render_workers=1, no_progress=True, post_timeout=3.0, post_workers=2)
+    done: list = []
+    report = RunReport(cfg.report_path, {})
+    Pipeline(cfg, lambda: ScriptedEngine(script=lambda r: f"<|ref|>text<|/ref|><|det|>[[1, 2, 3, 4]]<|/det|>\n"
+                                                        f"Page {r.key.page}\x00 of {r.key.pdf}" + EOS),
+             report, jobs=plan_jobs(src, out), on_pdf_done=lambda job, status: done.append((job.name, status)),
+             finisher=failing_finisher).run()
+    write_report(report)
+    assert done == [("b.pdf", PdfStatus.COMPLETE), ("a.pdf", PdfStatus.COMPLETE)]
+    md = (out / "a.md").read_text(encoding="utf-8")
+    assert [part for part in md.strip().split("\n\n") if not part.startswith("----- Page")] == [
+        "Page 1 of 0", "Page 2 of 0", "Page 3 of 0", "Page 4 of 0"]
+    pages = {p["page"]: p for p in next(e for e in load_report(out)["pdfs"] if e["pdf"] == "a.pdf")["page_details"]}
+    assert pages[2]["counters"].get(FAILED_COUNTER) == 1 and pages[3]["counters"].get(TIMEOUT_COUNTER) == 1
+    assert not any(FAILED_COUNTER in pages[n]["counters"] or TIMEOUT_COUNTER in pages[n]["counters"] for n in (1, 4))

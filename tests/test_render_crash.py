@@ -23,17 +23,40 @@ def crashing_task(path, key, *settings):
     return render_task(path, key, *settings)
 
 
+def render_all(renderer: Renderer, pdf, pages: int) -> list:
+    """Every page through the renderer as the runner feeds it: submit while there is room, take in order."""
+    got = []
+    for page in range(1, pages + 1):
+        if not renderer.has_room():
+            got.append(renderer.next(block=True))
+        renderer.submit(pdf, PageKey(0, page))
+    while renderer.pending():
+        got.append(renderer.next(block=True))
+    return got
+
+
 def test_only_the_page_that_kills_a_render_process_is_stubbed(tmp_path):
     pdf = make_pdf(tmp_path / "a.pdf", numbered_pages(8))
     with Renderer(workers=2, window=6, dpi=40, max_pixels=10**6, task=crashing_task) as renderer:
-        got = []
-        for page in range(1, 9):
-            if not renderer.has_room():
-                got.append(renderer.next(block=True))
-            renderer.submit(pdf, PageKey(0, page))
-        while renderer.pending():
-            got.append(renderer.next(block=True))
+        got = render_all(renderer, pdf, 8)
     assert [p.key.page for p in got] == list(range(1, 9))                 # in order, none lost
     failed = {p.key.page: p.error for p in got if p.error}
     assert failed == {KILLER_PAGE: "render failed: the render process died on this page"}
     assert all(p.image is not None or p.blank for p in got if p.key.page != KILLER_PAGE)
+
+
+def hanging_task(path, key, *settings):
+    """render_task, but page 4 never finishes (a read on a hung network mount, a MuPDF loop)."""
+    if key.page == KILLER_PAGE + 1:
+        time.sleep(3600)
+    return render_task(path, key, *settings)
+
+
+def test_a_page_that_never_finishes_rendering_gets_a_stub_and_the_rest_render(tmp_path):
+    pdf = make_pdf(tmp_path / "a.pdf", numbered_pages(6))
+    with Renderer(workers=2, window=4, dpi=40, max_pixels=10**6, task=hanging_task, timeout_s=3.0) as renderer:
+        got = render_all(renderer, pdf, 6)
+    assert [p.key.page for p in got] == list(range(1, 7))                 # in order, none lost
+    failed = {p.key.page: p.error for p in got if p.error}
+    assert failed == {KILLER_PAGE + 1: "render failed: rendering took over 3 s on this page"}
+    assert all(p.image is not None or p.blank for p in got if p.key.page != KILLER_PAGE + 1)
