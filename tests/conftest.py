@@ -23,6 +23,11 @@ def shared(path: Path) -> Path:
     return path
 
 
+def raw_output(name: str) -> str:
+    """One of the real DeepSeek-OCR outputs in ../shared/fixtures/raw_outputs (missing: the test fails, saying where)."""
+    return shared(SHARED / "fixtures" / "raw_outputs" / name).read_text(encoding="utf-8")
+
+
 def fixture_pdf(name: str) -> Path:
     return shared(FIXTURE_PDFS / name)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED, run_cli
+from conftest import run_cli, raw_output
 from doubles import ScriptedEngine
 from ocr import compare, review
 from pdfgen import ENGLISH, GREEK, make_pdf
@@ -70,15 +70,8 @@ def grounded_run(tmp_path: Path, answers: dict[int, str]) -> Path:
     return out
 
 
-def fixture_text(name: str) -> str:
-    path = SHARED / "fixtures" / "raw_outputs" / name
-    if not path.exists():
-        pytest.fail(f"fixture {name} not found: expected the shared folder at {SHARED}")
-    return path.read_text(encoding="utf-8")
-
-
 def test_review_page_in_a_browser(tmp_path, capsys, inline_render):
-    out = grounded_run(tmp_path, {1: fixture_text("11_grounded-same-page-as-10-en.txt"),
+    out = grounded_run(tmp_path, {1: raw_output("11_grounded-same-page-as-10-en.txt"),
                                   2: "<|ref|>title<|/ref|><|det|>[[80, 60, 900, 140]]<|/det|>\n# Άρθρο 5\n\n"
                                      "Rate \\(\\frac{1}{2}\\) and \\[x_1 + x_2\\]"})
     assert review.main([str(out)]) == 0

@@ -8,24 +8,15 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import SHARED, run_cli
+from conftest import run_cli, raw_output
 from doubles import ScriptedEngine
 from ocr import compare
 from ocr.run_outputs import Page, PdfOutput
 from pdfgen import ENGLISH, GREEK, make_pdf
 
-RAW = SHARED / "fixtures" / "raw_outputs"
-
-
-def raw(name: str) -> str:
-    path = RAW / name
-    if not path.exists():
-        pytest.fail(f"fixture {name} not found: expected the shared folder at {SHARED}")
-    return path.read_text(encoding="utf-8")
-
 
 def test_parts_of_a_grounded_page_with_html_tables():
-    parts = compare.split_parts(raw("11_grounded-same-page-as-10-en.txt"))
+    parts = compare.split_parts(raw_output("11_grounded-same-page-as-10-en.txt"))
     cells = parts["tables"].splitlines()
     assert cells[:2] == ["operation_id", "Expected operation to be performed by the TG"]
     assert "<|det|>" not in parts["all"] and "114, 70" not in parts["all"]
@@ -33,13 +24,13 @@ def test_parts_of_a_grounded_page_with_html_tables():
 
 
 def test_parts_of_a_clean_page_with_a_pipe_table_and_headings():
-    parts = compare.split_parts(raw("10_clean-pipe-table-empty-rows-en.txt"))
+    parts = compare.split_parts(raw_output("10_clean-pipe-table-empty-rows-en.txt"))
     assert "6.4 Operation_id of Category 4" in parts["headings"].splitlines()
     assert "operation_id" in parts["tables"].splitlines() and "---" not in parts["tables"]
 
 
 def test_the_same_page_in_clean_and_grounded_mode_scores_high_in_tables_not_perfect():
-    a, b = (compare.split_parts(raw(n)) for n in ("10_clean-pipe-table-empty-rows-en.txt",
+    a, b = (compare.split_parts(raw_output(n)) for n in ("10_clean-pipe-table-empty-rows-en.txt",
                                                  "11_grounded-same-page-as-10-en.txt"))
     score = compare.similarity(a["all"], b["all"])
     assert 0.3 < score < 1.0

@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from conftest import SHARED, fixture_pdf
+from conftest import fixture_pdf, raw_output
 from doubles import SPECIAL_TOKENS
 from ocr import dolma, jsonl_out
 from ocr.engines.base import Failure
@@ -23,15 +23,7 @@ from ocr.render import open_pdf, render_page
 from ocr.run_outputs import read_run
 from ocr.store import WriteError, sha256_of
 
-RAW = SHARED / "fixtures" / "raw_outputs"
 SCHEMA = jsonl_out.load_schema()
-
-
-def raw(name: str) -> str:
-    path = RAW / name
-    if not path.exists():
-        pytest.fail(f"fixture {name} not found: expected the shared folder at {SHARED}")
-    return path.read_text(encoding="utf-8")
 
 
 def validate_file(path: Path) -> list[dict]:
@@ -42,8 +34,8 @@ def validate_file(path: Path) -> list[dict]:
 
 
 def grounded_results():
-    texts = {1: raw("11_grounded-same-page-as-10-en.txt"), 3: raw("13_grounded-table-footnote-refs-en.txt"),
-             4: raw("22_det-mmd-page-runaway-pre-tags-hr.txt")}
+    texts = {1: raw_output("11_grounded-same-page-as-10-en.txt"), 3: raw_output("13_grounded-table-footnote-refs-en.txt"),
+             4: raw_output("22_det-mmd-page-runaway-pre-tags-hr.txt")}
     results = [finish_page(EngineOutput(PageKey(0, p), t, 700, "length" if p == 4 else "stop"), mode="grounded",
                            special_tokens=SPECIAL_TOKENS) for p, t in texts.items()]
     return results + [blank_page(2), failed_page(5, "the model returned no text"),
@@ -80,7 +72,7 @@ def test_grounded_records_validate_and_carry_regions_in_both_spaces(tmp_path):
 
 def test_clean_records_have_no_regions(tmp_path):
     pdf = fixture_pdf("en_scan_mixed_orientation_pages.pdf")
-    result = finish_page(EngineOutput(PageKey(0, 1), raw("10_clean-pipe-table-empty-rows-en.txt"), 500, "stop"),
+    result = finish_page(EngineOutput(PageKey(0, 1), raw_output("10_clean-pipe-table-empty-rows-en.txt"), 500, "stop"),
                          mode="clean")
     path = jsonl_out.write_pages_jsonl(tmp_path / "doc.md", header(pdf, "clean", [1]), [result], grounded=False,
                                        image_sizes={})
@@ -186,7 +178,7 @@ def test_runner_writes_jsonl_beside_the_markdown(tmp_path, inline_render, monkey
     from pdfgen import ENGLISH, GREEK, make_pdf
     src, out = tmp_path / "in", tmp_path / "out"
     pdf = make_pdf(src / "sub" / "doc.pdf", [ENGLISH, None, GREEK, ENGLISH, ENGLISH, ENGLISH])
-    answers = {1: raw("11_grounded-same-page-as-10-en.txt"), 3: raw("13_grounded-table-footnote-refs-en.txt"),
+    answers = {1: raw_output("11_grounded-same-page-as-10-en.txt"), 3: raw_output("13_grounded-table-footnote-refs-en.txt"),
                4: ""}
     render = ocr.render._render
 

@@ -8,21 +8,12 @@ from html.parser import HTMLParser
 
 import pytest
 
-from conftest import SHARED, run_cli
+from conftest import run_cli, raw_output
 from doubles import ScriptedEngine
 from ocr import review
 from ocr.html_render import markdown_html, table_html
 from ocr.run_outputs import Page
 from pdfgen import ENGLISH, GREEK, make_pdf
-
-RAW = SHARED / "fixtures" / "raw_outputs"
-
-
-def raw(name: str) -> str:
-    path = RAW / name
-    if not path.exists():
-        pytest.fail(f"fixture {name} not found: expected the shared folder at {SHARED}")
-    return path.read_text(encoding="utf-8")
 
 
 class _Balance(HTMLParser):
@@ -71,10 +62,10 @@ def test_flags(counters, greek, status, finish, expected):
 
 
 def test_html_tables_render_as_tables_and_broken_nesting_is_closed():
-    out = markdown_html(raw("03_table-malformed-nesting-de.txt"))
+    out = markdown_html(raw_output("03_table-malformed-nesting-de.txt"))
     tags = balanced(out)
     assert "table" in tags and "td" in tags
-    spans = markdown_html(raw("16_webui-tables-colspan-rowspan-zh.txt"))
+    spans = markdown_html(raw_output("16_webui-tables-colspan-rowspan-zh.txt"))
     assert re.search(r'<td (colspan|rowspan)="\d+"', spans)
 
 
@@ -102,7 +93,7 @@ def test_math_that_does_not_convert_is_shown_as_its_source():
 def test_review_page_of_a_grounded_run(tmp_path, capsys, inline_render):
     src, out = tmp_path / "in", tmp_path / "out"
     make_pdf(src / "doc.pdf", [ENGLISH, None, GREEK])
-    answers = {1: raw("11_grounded-same-page-as-10-en.txt"),
+    answers = {1: raw_output("11_grounded-same-page-as-10-en.txt"),
                3: "<|ref|>text<|/ref|><|det|>[[60, 60, 940, 200]]<|/det|>\nΗ μέθοδος ΤNFα του νόμου."}
     engine = ScriptedEngine(script=lambda r: answers[r.key.page])
     assert run_cli(["--input-dir", str(src), "--output-dir", str(out), "--mode", "grounded",
