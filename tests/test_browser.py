@@ -70,6 +70,16 @@ def grounded_run(tmp_path: Path, answers: dict[int, str]) -> Path:
     return out
 
 
+def first_scan_shot(page: Path, tmp_path: Path, data: dict, name: str, capsys) -> Image.Image:
+    """A screenshot of the page (kept as `name`), cropped to the first page image the page reported."""
+    shot = tmp_path / "shots" / name
+    shot.parent.mkdir()
+    browse(page, tmp_path, f"--screenshot={shot}")
+    keep(shot, name, capsys)
+    x, y, w, h = map(int, data["first-scan"].split(","))
+    return Image.open(shot).convert("RGB").crop((x, y, x + w, y + h))
+
+
 def test_review_page_in_a_browser(tmp_path, capsys, inline_render):
     out = grounded_run(tmp_path, {1: raw_output("11_grounded-same-page-as-10-en.txt"),
                                   2: "<|ref|>title<|/ref|><|det|>[[80, 60, 900, 140]]<|/det|>\n# Άρθρο 5\n\n"
@@ -82,12 +92,7 @@ def test_review_page_in_a_browser(tmp_path, capsys, inline_render):
     assert data["boxes-total"] == "6" and data["boxes-drawn"] == "6"
     assert data["math-total"] == "2" and data["math-drawn"] == "2"          # MathML drawn by the browser
 
-    shot = tmp_path / "shots" / "review.png"
-    shot.parent.mkdir()
-    browse(page, tmp_path, f"--screenshot={shot}")
-    keep(shot, "review.png", capsys)
-    x, y, w, h = map(int, data["first-scan"].split(","))
-    scan = Image.open(shot).convert("RGB").crop((x, y, x + w, y + h))
+    scan = first_scan_shot(page, tmp_path, data, "review.png", capsys)
     assert scan.size[0] > 300
     # page 1 of fixture 11: two tables (blue) and three other boxes (red) drawn over the page image
     assert colour_pixels(scan, TABLE_BLUE) > 500 and colour_pixels(scan, BOX_RED) > 100
@@ -104,10 +109,5 @@ def test_compare_page_in_a_browser(tmp_path, capsys, inline_render):
     assert data["images-total"] == "1" and data["images-loaded"] == "1"    # only the page that differs
     assert "<del>lazy dog.</del>" in dom and "<ins>sleepy cat.</ins>" in dom and "doc.md page 2" in dom
 
-    shot = tmp_path / "shots" / "compare.png"
-    shot.parent.mkdir()
-    browse(html_page, tmp_path, f"--screenshot={shot}")
-    keep(shot, "compare.png", capsys)
-    x, y, w, h = map(int, data["first-scan"].split(","))
-    scan = Image.open(shot).convert("RGB").crop((x, y, x + w, y + h))
+    scan = first_scan_shot(html_page, tmp_path, data, "compare.png", capsys)
     assert np.asarray(scan.convert("L")).std() > 5        # the page image is there, not an empty box
