@@ -51,12 +51,18 @@ for path in paths:
             jobs += [(path, n) for n in range(1, doc.page_count + 1)]
     except PdfError:
         continue
-start = time.perf_counter()
-pages = [render_task(path, PageKey(0, n), dpi, max_pixels) for path, n in jobs]
-seconds = time.perf_counter() - start
+# each page is digested and dropped at once, as a render worker hands it on: the peak RSS is one worker's,
+# not that of every page image held together (which is what this measured before session 5)
+digests, failed, seconds = [], 0, 0.0
+for path, n in jobs:
+    start = time.perf_counter()
+    p = render_task(path, PageKey(0, n), dpi, max_pixels)
+    seconds += time.perf_counter() - start
+    failed += bool(p.error)
+    digests.append(p.error or ("blank" if p.blank else hashlib.sha256(p.image.tobytes()).hexdigest()[:16]))
+    del p
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-digests = [p.error or ("blank" if p.blank else hashlib.sha256(p.image.tobytes()).hexdigest()[:16]) for p in pages]
-print(json.dumps({"pages": len(jobs), "failed": sum(bool(p.error) for p in pages), "render_s": seconds,
+print(json.dumps({"pages": len(jobs), "failed": failed, "render_s": seconds,
                   "peak_rss_mb": hwm / 1024, "digests": digests}))
 """
 
