@@ -89,7 +89,9 @@ def test_real_engine_kill_and_resume(tmp_path, tiny_checkpoint):
     the tiny model's pages have no table block, so each is read again at 1280 in the same engine."""
     src, out = tmp_path / "in", tmp_path / "out"
     make_pdf(src / "two.pdf", [ENGLISH, GREEK])
-    grounded = ("--mode", "grounded", "--runaway-retry", "off")
+    # one page in the engine at a time: page 2 is read (about a minute) after page 1 is journaled. With both
+    # in flight they could finish in one step, and the journal of one page lasted less than a poll (CI).
+    grounded = ("--mode", "grounded", "--runaway-retry", "off", "--queue-ahead", "0")
     proc = _start(src, out, tiny_checkpoint, *grounded)
     _wait_for(lambda: _journaled_pages(out) >= 1, 900, "the first page", proc)
     proc.kill()
