@@ -337,7 +337,11 @@ def _lines_of(page: _Lines, content: list[int], drop: set[int]) -> int:
 
 def remove_loops(text: str) -> tuple[str, int]:
     """The text without its loops (`find_loops`), and the non-blank lines removed."""
-    found = find_loops(text)
+    return without(text, find_loops(text))
+
+
+def without(text: str, found: Loops) -> tuple[str, int]:
+    """The text without the loops `find_loops(text)` found, and the non-blank lines removed."""
     if not found.drop and not found.trimmed:
         return text, 0
     lines = text.split("\n")   # every line in drop is non-blank

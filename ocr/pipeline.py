@@ -93,7 +93,7 @@ class Pipeline:
         self._post: PostWorkers | None = None
         # in the post workers: answers being judged (runaway verdict), pages being finished
         self._judging: dict[PageKey, EngineOutput] = {}
-        self._finishing: dict[PageKey, tuple[PageRequest, Final, EngineOutput]] = {}
+        self._finishing: dict[PageKey, tuple[PageRequest, Final]] = {}
 
     def request_stop(self, reason: StopReason, message: str) -> None:
         self.stop = self.stop or Stop(reason, message)
@@ -288,11 +288,10 @@ class Pipeline:
                 failed_page(request.key.page, final.error or final.failure.value, final.tokens, final.finish_reason,
                             failure=final.failure), counters=final.counters))
             return
-        out = EngineOutput(request.key, final.text, final.tokens, final.finish_reason)
         assert self._post is not None
-        self._finishing[request.key] = (request, final, out)
-        self._post.submit(("finish", request.key), self._finisher, out, self.cfg.mode, self.special_tokens,
-                          self.cfg.greek_repair)
+        self._finishing[request.key] = (request, final)
+        self._post.submit(("finish", request.key), self._finisher, _answer(request, final), self.cfg.mode,
+                          self.special_tokens, self.cfg.greek_repair)
 
     def _collect_post(self, sup: Supervisor | None, wait_s: float = 0.0) -> None:
         """Take what the post workers are done with: a judged answer goes on through its passes (not when
@@ -304,16 +303,16 @@ class Pipeline:
             if kind == "judge":
                 self._judged(self._judging.pop(key), done, sup)
                 continue
-            request, final, out = self._finishing.pop(key)
+            request, final = self._finishing.pop(key)
             if key.pdf not in self._pdfs:       # its PDF failed meanwhile
                 continue
             if done.error is not None:
-                log.warning("page %d of %s: %s; the raw text is kept", out.key.page,
-                            self._pdfs[out.key.pdf].job.name, done.error)
-                result = fallback_page(out, done, self.cfg.mode, self.special_tokens)
+                log.warning("page %d of %s: %s; the raw text is kept", key.page, self._pdfs[key.pdf].job.name,
+                            done.error)
+                result = fallback_page(_answer(request, final), done, self.cfg.mode, self.special_tokens)
             else:
                 result = done.value
-            self._record(self._pdfs[out.key.pdf], self._with_assets(request, final, result))
+            self._record(self._pdfs[key.pdf], self._with_assets(request, final, result))
 
     def _judged(self, out: EngineOutput, done: Done, sup: Supervisor | None) -> None:
         if sup is None or out.key.pdf not in self._pdfs or out.key not in self._work:
@@ -439,3 +438,8 @@ def _why(request: PageRequest) -> str:
                              f"{'sampled' if request.sampling else 'greedy'})",
             ATTEMPT_LARGE: "required layout labels missing; reading it again in Large mode",
             ATTEMPT_ROI: "ROI pass: reading its regions again"}.get(request.attempt, "retrying")
+
+
+def _answer(request: PageRequest, final: Final) -> EngineOutput:
+    """The page's settled answer, as the post-processing takes it."""
+    return EngineOutput(request.key, final.text, final.tokens, final.finish_reason)

@@ -651,8 +651,8 @@ def main(argv: Sequence[str] | None = None, engine_maker: EngineMaker | None = N
     def body() -> int:
         opts, cfg = parse_args(argv)
         return run(opts, cfg, engine_maker)
-    # a bug, or the cluster failed
-    return guarded(body, "finished PDFs are kept and the next run resumes")
+    return guarded(body, "finished PDFs are kept and the next run resumes")   # a bug, or the cluster failed
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -336,8 +336,7 @@ class Renderer:
             stalled, self._stalled = self._stalled, False
             self._kill_processes()
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
-            self._progress = time.monotonic()
+            self._pool = self._new_pool()           # the deadline is armed again after its warm-up
             if entry.solo:
                 why = f"rendering took over {self._timeout:g} s" if stalled else "the render process died"
                 return RenderedPage(entry.args[1], error=f"render failed: {why} on this page")

@@ -134,7 +134,10 @@ def is_empty(text: str) -> bool:
 
 def distinct_words(text: str) -> int:
     """Distinct words (letters or digits, case-folded) outside tags, loop output removed."""
-    kept, _ = loops.remove_loops(text)
+    return _distinct_words(loops.remove_loops(text)[0])
+
+
+def _distinct_words(kept: str) -> int:
     return len(set(_WORD_RE.findall(_visible(kept).casefold())))
 
 
@@ -142,19 +145,19 @@ def distinct_words(text: str) -> int:
 
 def judge(text: str, finish_reason: str | None, max_tokens: int) -> Judged:
     """The verdict and the measures `better` compares."""
-    lines, ngrams, empty = _measure(text)
-    return Judged(_verdict(lines, ngrams, empty, finish_reason, max_tokens), distinct_words(text), empty,
-                  lines + ngrams)
+    found = loops.find_loops(text)
+    lines, ngrams, empty = _measure(text, found)
+    return Judged(_verdict(lines, ngrams, empty, finish_reason, max_tokens),
+                  _distinct_words(loops.without(text, found)[0]), empty, lines + ngrams)
 
 
 def verdict(text: str, finish_reason: str | None, max_tokens: int) -> Runaway | None:
     """Why this output should be retried, or None when it looks sound."""
-    return _verdict(*_measure(text), finish_reason, max_tokens)
+    return _verdict(*_measure(text, loops.find_loops(text)), finish_reason, max_tokens)
 
 
-def _measure(text: str) -> tuple[int, int, bool]:
-    """loop_lines, ngram_runs and is_empty, with one pass of the loop detector."""
-    found = loops.find_loops(text)
+def _measure(text: str, found: loops.Loops) -> tuple[int, int, bool]:
+    """loop_lines, ngram_runs and is_empty, from one pass of the loop detector (`found`)."""
     return found.looped, found.degenerate + postprocess.drop_runaway_latex(text)[1], is_empty(text)
 
 
