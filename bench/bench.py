@@ -17,13 +17,18 @@ Engine mode, in this order, all in this process:
               sampling params (LLM.generate processes every input serially before its first step)
      core     (--engine-runs) the same pages with their inputs processed beforehand in threads, then
               added with LLMEngine.add_request and stepped to the end: the engine alone
+     core-noguard  the same again in the same load, every request without the n-gram guard's extra_args
+              (the guard's own cost, free of load-to-load noise; a logits processor that vLLM merely
+              has loaded still costs what it costs while idle)
+              --large-every K: every K-th page of the core runs is a Large-mode request (1280 view)
               then ocr.finish.finish_page and the runner's journal/Markdown writes over those outputs
   5. runner   ocr.cli.run(cfg, engine_factory) over the same folder with a factory that hands out the
               already-loaded engine; the runner's time is split per stage (main thread: waiting for
               renders and engine steps, collecting post-processed pages, writes; beside it: input
               processing in the engine's threads, render + blank check in the render workers,
               post-processing and the runaway check in the post workers)
-It prints pages/s and output tokens/s of each, the ratios runner/engine, per-stage CPU seconds, peak RSS
+It prints pages/s and output tokens/s of each (and the steady rate: pages finished between a quarter and
+three quarters of the run, which leaves out the filling of the batch and its draining tail), the ratios runner/engine, per-stage CPU seconds, peak RSS
 (getrusage, children included, and sampled per phase) and GPU utilization per phase (nvidia-smi, when
 there is one). --json writes every figure (after each phase too); the same JSON is printed on the last
 line (BENCH_JSON ...). bench/README.md has the CPU and GPU recipes.
@@ -297,6 +302,7 @@ class SharedEngine:
         self.last_output: float | None = None
         self.outputs = 0
         self.out_tokens = 0
+        self.finished_at: list[float] = []
         self.close_requested = False
 
     def submit(self, request: Any) -> None:
@@ -310,6 +316,7 @@ class SharedEngine:
             outs = self._engine.poll()
         if outs:
             self.last_output = time.perf_counter()
+            self.finished_at += [self.last_output] * len(outs)
             self.outputs += len(outs)
             self.out_tokens += sum(o.tokens for o in outs)
         return outs
@@ -661,11 +668,20 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
             _reset_encoder_cache(llm)
             monitor.set_phase("engine_core")
             say(f"engine core: {len(pages)} pre-processed pages ...")
+            modes = page_modes(a.large_every, len(pages), engine.caps.vision_modes)
             res["engine_core"], core_comps = run_engine_core(llm, prompt, pages, page_params,
-                                                             cfg.preprocess_workers, timers)
+                                                             cfg.preprocess_workers, timers, modes)
             comps = comps or core_comps
             say(f"engine core: {res['engine_core']}")
             _dump_partial(a, res)
+            if "core-noguard" in a.engine_runs:
+                _reset_encoder_cache(llm)
+                monitor.set_phase("engine_core_noguard")
+                say(f"engine core without the guard's extra_args: {len(pages)} pages ...")
+                res["engine_core_noguard"], _ = run_engine_core(llm, prompt, pages, without_guard(page_params),
+                                                                cfg.preprocess_workers, timers, modes)
+                say(f"engine core, no guard: {res['engine_core_noguard']}")
+                _dump_partial(a, res)
 
         monitor.set_phase("finish_write")
         time_finish_and_write(cfg, [(j, p, c) for (j, p, _), c in zip(pages, comps)], blank_by_pdf,
@@ -693,19 +709,54 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    r = res["runner"]
-    res["ratio"] = {}
-    for name in ("engine", "engine_core"):
-        e = res.get(name)
-        if e:
-            res["ratio"][f"runner/{name}"] = {
-                "pages_per_s": sig(r["pages_per_s"] / e["pages_per_s"], 3) if e["pages_per_s"] else None,
-                "out_tokens_per_s": sig(r["out_tokens_per_s"] / e["out_tokens_per_s"], 3)
-                if e["out_tokens_per_s"] else None}
+    res["ratio"] = ratios(res)
     res["stages"] = stage_summary(timers, cfg, res)
     res["memory"] = {"peak_rss": rusage_peaks(), "phases": monitor.memory_json()}
     res["gpu"] = monitor.gpu_json()
     return res
+
+
+def ratios(res: dict[str, Any]) -> dict[str, Any]:
+    """runner / each engine run, and the guarded engine core / the unguarded one, whole and steady."""
+    pairs = [("runner", name) for name in ("engine", "engine_core")] + [("engine_core", "engine_core_noguard")]
+    out = {}
+    for top, bottom in pairs:
+        t, b = res.get(top), res.get(bottom)
+        if not (t and b):
+            continue
+        out[f"{top}/{bottom}"] = {key: sig(t[key] / b[key], 3) if t.get(key) and b.get(key) else None
+                                  for key in ("pages_per_s", "out_tokens_per_s", "steady_pages_per_s")}
+    return out
+
+
+def steady_rate(finished_at: list[float], low: float = 0.25, high: float = 0.75) -> float | None:
+    """Pages per second between the low and high shares of pages finished: the batch is full there, its
+    filling and its draining tail left out (with few pages over --batch-pages, most of a run is either)."""
+    times = sorted(finished_at)
+    i, j = int(len(times) * low), int(len(times) * high) - 1
+    if j <= i or times[j] <= times[i]:
+        return None
+    return rate(j - i, times[j] - times[i])
+
+
+def page_modes(every: int, count: int, modes: tuple[str, ...]) -> list[str] | None:
+    """--large-every K: the vision mode of each page of the core runs (every K-th page Large)."""
+    if not every:
+        return None
+    from ocr.engines.vision_modes import GUNDAM, LARGE
+    if LARGE.name not in modes:
+        say(f"--large-every {every}: this engine has no Large mode (modes {modes}); all pages Gundam")
+        return None
+    return [LARGE.name if i % every == every - 1 else GUNDAM.name for i in range(count)]
+
+
+def without_guard(params: Any) -> Any:
+    """The same sampling params without the n-gram guard's per-request extra_args."""
+    def strip(one: Any) -> Any:
+        one = one.clone()
+        one.extra_args = None
+        return one
+    return [strip(p) for p in params] if isinstance(params, list) else strip(params)
 
 
 def _dump_partial(a: argparse.Namespace, res: dict[str, Any]) -> None:
@@ -733,18 +784,22 @@ def _output_figures(outs: list, seconds: float) -> dict[str, Any]:
 
 
 def run_engine_core(llm: Any, prompt: str, pages: list, params: Any, workers: int,
-                    timers: Timers) -> tuple[dict[str, Any], list]:
+                    timers: Timers, modes: list[str] | None = None) -> tuple[dict[str, Any], list]:
     """Every page's input processed first (in a thread pool, timed apart), then all added to the engine
     and stepped to the end: what the engine core does alone, fed as fast as it can take pages. Uses
-    the calls the runner's VllmEngine makes (InputProcessor.process_inputs, LLMEngine.add_request)."""
+    the calls the runner's VllmEngine makes (InputProcessor.process_inputs, LLMEngine.add_request);
+    `modes`: each page's vision mode (default Gundam), as the runner's engine_prompt sends it."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from ocr.engines.vision_modes import LARGE, MODES, engine_prompt
 
     eng = llm.llm_engine
     tasks = eng.get_supported_tasks()
     params = params if isinstance(params, list) else [params] * len(pages)
 
     def process(i: int) -> Any:
-        item = {"prompt": prompt, "multi_modal_data": {"image": pages[i][2]}}
+        item = engine_prompt(prompt, pages[i][2], MODES[modes[i]]) if modes else \
+            {"prompt": prompt, "multi_modal_data": {"image": pages[i][2]}}
         with timers.timed("core.input_processing (threads)"):
             return eng.input_processor.process_inputs(f"bench-core-{i}", item, params[i], supported_tasks=tasks)
 
@@ -757,13 +812,17 @@ def run_engine_core(llm: Any, prompt: str, pages: list, params: Any, workers: in
         eng.add_request(f"bench-core-{i}", request, params[i])
     add_s = time.perf_counter() - start
     finished: dict[str, Any] = {}
+    finished_at: list[float] = []
     while eng.has_unfinished_requests():
         for out in eng.step():
             if out.finished:
                 finished[out.request_id] = out
+                finished_at.append(time.perf_counter())
     seconds = time.perf_counter() - start
     order = sorted(finished.values(), key=lambda o: int(str(o.request_id).split("-")[2]))
     figures = _output_figures(order, seconds)
+    figures.update(steady_pages_per_s=steady_rate(finished_at),
+                   large_pages=sum(m == LARGE.name for m in modes or []))
     figures.update(input_processing_wall_s=round(prep_s, 2), input_processing_workers=workers,
                    input_processing_pages_per_s=rate(len(pages), prep_s), add_request_s=round(add_s, 2))
     return figures, [o.outputs[0] for o in order]
@@ -835,6 +894,7 @@ def run_runner(cfg: Any, engine: Any, hooks: Any, timers: Timers, expected_pages
            "out_tokens": t["tokens"], "out_tokens_per_s": rate(t["tokens"], seconds),
            "engine_active_s": round(span, 2),
            "pages_per_s_engine_active": rate(shared.outputs if shared else 0, span),
+           "steady_pages_per_s": steady_rate(shared.finished_at) if shared else None,
            "engine_restarts": report.get("engine", {}).get("restarts", 0), "engine_factory_calls": len(handed_out),
            "same_pages_as_engine": ocr_pages == expected_pages, "not_instrumented": missing}
     if ocr_pages != expected_pages:
@@ -999,17 +1059,22 @@ def print_engine_summary(res: dict[str, Any]) -> None:
         f"{sp['extra_args'] or 'off'} (active: {res.get('guard_active')}); batch_pages {st['batch_pages']}, "
         f"preprocess_workers {st.get('preprocess_workers')}, render_workers {st.get('render_workers')}",
         "",
-        f"{'':36}{'pages':>7}{'seconds':>10}{'pages/s':>10}{'out tok':>10}{'out tok/s':>11}",
+        f"{'':36}{'pages':>7}{'seconds':>10}{'pages/s':>10}{'out tok':>10}{'out tok/s':>11}{'steady p/s':>12}",
     ]
     rows = [("engine (one LLM.generate call)", res.get("engine")),
             ("engine core (pre-processed)", res.get("engine_core")),
+            ("engine core, no guard args", res.get("engine_core_noguard")),
             ("runner (ocr.cli.run)", {**r, "pages": r["ocr_pages"]})]
     for name, f in rows:
         if f:
+            steady = f.get("steady_pages_per_s")
             lines.append(f"{name:36}{f['pages']:>7}{f['seconds']:>10.2f}{f['pages_per_s']:>10.3f}"
-                         f"{f['out_tokens']:>10}{f['out_tokens_per_s']:>11.1f}")
+                         f"{f['out_tokens']:>10}{f['out_tokens_per_s']:>11.1f}{steady or '-':>12}")
     for name, ratio in res["ratio"].items():
-        lines.append(f"ratio {name}: pages/s {ratio['pages_per_s']}, output tokens/s {ratio['out_tokens_per_s']}")
+        lines.append(f"ratio {name}: pages/s {ratio['pages_per_s']}, output tokens/s {ratio['out_tokens_per_s']}, "
+                     f"steady pages/s {ratio['steady_pages_per_s']}")
+    if (res.get("engine_core") or {}).get("large_pages"):
+        lines.append(f"  core runs: {res['engine_core']['large_pages']} of the pages sent in Large mode")
     e = res.get("engine") or {}
     if "input_processing_est_s" in e:
         lines.append(f"  LLM.generate's serial input processing: ~{e['input_processing_est_s']} s of its "
@@ -1135,7 +1200,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     b.add_argument("--warmup", type=int, default=4, help="pages of a short warm-up generate before timing")
     b.add_argument("--engine-runs", default="generate,core",
                    help="raw engine runs before the runner: generate (one LLM.generate call), core "
-                        "(inputs pre-processed in threads, then the engine alone); comma-separated")
+                        "(inputs pre-processed in threads, then the engine alone), core-noguard (core again, "
+                        "the requests without the n-gram guard's extra_args); comma-separated")
+    b.add_argument("--large-every", type=int, default=0, metavar="K",
+                   help="core runs: every K-th page a Large-mode request (a 1280 view beside Gundam's)")
     b.add_argument("--budget-s", type=float, default=0,
                    help="seconds this run may take: the engine-core run is skipped when it would not fit "
                         "(the runner run always happens)")
@@ -1155,8 +1223,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.memory_child and not a.pdfs:
         ap.error("--memory-child needs --pdfs")
     a.engine_runs = [r.strip() for r in a.engine_runs.split(",") if r.strip()]
-    if not a.engine_runs or set(a.engine_runs) - {"generate", "core"}:
-        ap.error("--engine-runs: generate, core or both")
+    if not a.engine_runs or set(a.engine_runs) - {"generate", "core", "core-noguard"}:
+        ap.error("--engine-runs: generate, core, core-noguard (comma-separated)")
+    if "core-noguard" in a.engine_runs and "core" not in a.engine_runs:
+        a.engine_runs.append("core")
     return a
 
 

@@ -103,7 +103,7 @@ class Config:
                                         engine="vllm", output=False)
     enforce_eager: bool = opt(False, "disable CUDA graphs", engine="vllm", output=False)
     mm_encoder_cudagraph: bool = opt(False, "capture the vision encoder in CUDA graphs (vLLM's compilation_config "
-                                     "cudagraph_mm_encoder, where this vLLM has it); Large mode is then off",
+                                     "cudagraph_mm_encoder, where this vLLM has it); batches holding a Large view run eagerly",
                                      engine="vllm", output=False)
     prompt: str | None = opt(None, "override the prompt (default: DeepSeek-OCR's own prompt for --mode)",
                              output=True)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,13 +139,15 @@ class _FakeLLMEngine:
     def __init__(self):
         self.input_processor = self
         self.pending: list[tuple[str, int]] = []
+        self.added: list[tuple[str, Any, Any]] = []      # request id, guard args, processor kwargs
 
     def process_inputs(self, request_id, prompt, params, supported_tasks=()):
         assert prompt["multi_modal_data"]["image"].size[0] > 0
-        return (request_id, params.max_tokens)
+        return (request_id, params.max_tokens, prompt.get("mm_processor_kwargs"))
 
     def add_request(self, request_id, request, params):
         self.pending.append((request_id, params.max_tokens))
+        self.added.append((request_id, params.extra_args, request[2]))
 
     def has_unfinished_requests(self):
         return bool(self.pending)
@@ -172,13 +175,14 @@ class _FakeVllmEngine:
     """Stands in for ocr.engines.vllm.VllmEngine: the Engine contract plus what the bench reads, with the
     bench's hooks applied where VllmEngine applies them."""
     instances: list = []
+    modes: tuple[str, ...] = ("gundam",)
 
     def __init__(self, cfg, platform=None, hooks=None):
         from ocr.engines.base import EngineCaps
         from ocr.engines.vllm import VllmHooks
         self.hooks = hooks or VllmHooks()
         self.llm, self._params = _FakeLLM(), _Params(cfg.max_tokens)
-        self.caps = EngineCaps(special_tokens=(), vision_modes=("gundam",), ngram=(30, 90), retry_sampling=True,
+        self.caps = EngineCaps(special_tokens=(), vision_modes=self.modes, ngram=(30, 90), retry_sampling=True,
                                load_seconds=0.1, guard_active=True)
         self._in: list = []
         self.closed = False
@@ -262,6 +266,38 @@ def test_bench_harness_with_a_fake_engine(tmp_path, fake_vllm, capsys, budget, c
     assert not hasattr(ocr.pipeline.Pipeline._collect_post, "__wrapped__")  # runner instrumentation undone
     assert ocr.postwork.PostWorkers.poll.__name__ == "poll" and ocr.postwork.PostWorkers.poll.__qualname__ == \
         "PostWorkers.poll"
+
+
+def test_guard_and_large_mode_runs_in_the_same_load(tmp_path, fake_vllm, monkeypatch):
+    """--engine-runs core,core-noguard: the same pages twice in one load, the second time without the
+    guard's extra_args, and their ratio; --large-every 3: every third page of both sent in Large mode."""
+    monkeypatch.setattr(_FakeVllmEngine, "modes", ("gundam", "large"), raising=False)
+    out = tmp_path / "b.json"
+    code = fake_vllm.main(["--model", str(tmp_path / "ckpt"), "--load-format", "dummy", "--generate", "2x6",
+                           "--blank-every", "0", "--dpi", "50", "--force-tokens", "8", "--warmup", "0",
+                           "--batch-pages", "3", "--render-workers", "1", "--bench-render-workers", "1",
+                           "--engine-runs", "core-noguard", "--large-every", "3",
+                           "--corpus-dir", str(tmp_path / "c"), "--json", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert "engine" not in res and res["settings"]["engine_runs"] == ["core-noguard", "core"]
+    assert res["engine_core"]["pages"] == res["engine_core_noguard"]["pages"] == 12
+    assert res["engine_core"]["large_pages"] == res["engine_core_noguard"]["large_pages"] == 4
+    assert res["ratio"]["engine_core/engine_core_noguard"]["pages_per_s"] > 0
+    (engine,) = _FakeVllmEngine.instances
+    added = engine.llm.llm_engine.added
+    guarded, bare = added[:12], added[12:]
+    assert all(args == {"ngram_size": 30, "window_size": 90} for _, args, _ in guarded)
+    assert all(args is None for _, args, _ in bare)
+    large = [int(rid.split("-")[2]) for rid, _, kwargs in guarded if kwargs]
+    assert large == [2, 5, 8, 11] and all(kwargs["base_size"] == 1280 for _, _, kwargs in added if kwargs)
+
+
+def test_steady_rate_leaves_out_the_filling_and_the_tail(fake_vllm):
+    # 100 pages: 10 s of filling and a 20 s tail around a steady 2 pages/s
+    times = [10 + i * 0.5 for i in range(80)] + [50 + i for i in range(20)]
+    assert fake_vllm.steady_rate(times) == pytest.approx(2.0)
+    assert fake_vllm.steady_rate([1.0, 1.0, 1.0, 1.0]) is None and fake_vllm.steady_rate([3.0]) is None
 
 
 def test_spread_lengths_are_the_same_pages_in_every_run(tmp_path, fake_vllm):

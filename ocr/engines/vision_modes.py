@@ -19,13 +19,16 @@ produces a 1280x1280 view; only two things stop such a request from working:
 - calling process: the placeholder count is computed from the tensors the processor produced (global
   view side, crop side and tile grid), so it always matches; an empty crop tensor is given Gundam's crop
   size so crop batches keep one shape;
-- engine-core worker: a batch whose global views differ in size is encoded one image at a time.
+- engine-core worker: a batch whose global views differ in size is encoded one image at a time;
+  with vLLM's encoder CUDA graphs on (`compilation_config.cudagraph_mm_encoder`, sized for Gundam's 1024
+  view and 640 crops), a batch holding any other view is declined by the graph manager, and vLLM then
+  encodes that batch eagerly (both model runners fall back when `EncoderCudaGraphManager.execute`
+  returns None).
 
 Gundam requests are untouched (the same count, the same tensors). SAM and CLIP interpolate their position
 embeddings to the input size (`get_abs_pos`, `get_rel_pos` in vllm/model_executor/models/deepencoder.py),
 and the model's eager encoder derives every grid side from the tensor shapes, so 1280 inputs need no
-change in the model. Not covered: vLLM's optional encoder CUDA graphs (`compilation_config.
-cudagraph_mm_encoder`, off by default), which size the global path from the constants.
+change in the model.
 
 The worker runs in the engine-core process; vLLM calls general plugins there (and in the calling process)
 through the `vllm.general_plugins` entry point. Declare it in pyproject.toml
@@ -119,6 +122,10 @@ def install() -> bool:
     proc_cls._get_prompt_updates = _make_prompt_updates(m)
     proc_cls._call_hf_processor = _make_call_hf_processor(proc_cls._call_hf_processor, m)
     model_cls.embed_multimodal = _make_embed_multimodal(model_cls.embed_multimodal)
+    graphs = _graph_manager()
+    if graphs is not None and not getattr(graphs, PATCH_FLAG, False):
+        graphs.execute = _make_graph_execute(graphs.execute, m)
+        setattr(graphs, PATCH_FLAG, True)
     setattr(proc_cls, PATCH_FLAG, True)
     setattr(model_cls, PATCH_FLAG, True)
     log.info("%s: DeepSeek-OCR vision modes per request enabled (pid %d)", PLUGIN_NAME, os.getpid())
@@ -239,6 +246,29 @@ def _make_embed_multimodal(original):
                                     images_spatial_crop=tiles.reshape(1, 2)))
         return outputs
     return embed_multimodal
+
+
+def _graph_manager() -> Any:
+    """vLLM's encoder CUDA graph manager class (vLLM 0.32), or None on a vLLM without one."""
+    try:
+        from vllm.v1.worker.encoder_cudagraph import EncoderCudaGraphManager
+    except ImportError:
+        return None
+    return EncoderCudaGraphManager if callable(getattr(EncoderCudaGraphManager, "execute", None)) else None
+
+
+def is_gundam_batch(mm_kwargs: dict[str, Any], base_size: int) -> bool:
+    """Every global view of this encoder batch is Gundam's (one stacked tensor of base_size views)."""
+    views = mm_kwargs.get("pixel_values")
+    return views is not None and not isinstance(views, (list, tuple)) and int(views.shape[-1]) == base_size
+
+
+def _make_graph_execute(original, m: Any):
+    def execute(self, mm_kwargs):
+        if isinstance(self.model, m.DeepseekOCRForCausalLM) and not is_gundam_batch(mm_kwargs, m.BASE_SIZE):
+            return None           # a Large (1280) view: the caller encodes this batch eagerly
+        return original(self, mm_kwargs)
+    return execute
 
 
 # --- registering the entry point at run time ----------------------------------------------------------

@@ -295,12 +295,9 @@ class VllmEngine:
     @staticmethod
     def _vision_modes(cfg: Config, checkpoint: Checkpoint) -> tuple[str, ...]:
         """Large-mode requests need the vision-modes plugin in every vLLM process: registered before LLM().
-        It patches DeepSeek-OCR's own vLLM classes (DeepSeek-OCR-2's processor is another one), and the
-        encoder's CUDA graphs are sized for Gundam views."""
+        It patches DeepSeek-OCR's own vLLM classes (DeepSeek-OCR-2's processor is another one); with encoder
+        CUDA graphs, a batch holding a Large view is encoded eagerly (the graphs are sized for Gundam views)."""
         if checkpoint.family is not DEEPSEEK_OCR:
-            return (vision_modes.GUNDAM.name,)
-        if cfg.mm_encoder_cudagraph and has_mm_encoder_cudagraph():
-            log.info("engine: Large mode is off with --mm-encoder-cudagraph (the graphs are sized for Gundam views)")
             return (vision_modes.GUNDAM.name,)
         if vision_modes.enable(cfg.state_dir):
             return (vision_modes.GUNDAM.name, vision_modes.LARGE.name)
