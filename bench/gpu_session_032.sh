@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the lent H200, after .g32/pNN/install.sh (vLLM 0.32, torch 2.13 in /tmp/site): bench/bench.py rows
+# On the lent H200, after `. bench/gpu_prep_032.sh` (vLLM 0.32, torch 2.13 in /tmp/site): bench/bench.py rows
 # named on the command line, each one engine load, all on the same generated corpus, each logged in full
 # under $OUT and summed up on stdout. A row is NAME:RUNNER:EXTRA
 #   RUNNER  v2 (vLLM's default on CUDA) or v1 (VLLM_USE_V2_MODEL_RUNNER=0)
@@ -14,7 +14,7 @@ TOKENS=${TOKENS:-128-1024}
 BATCH=${BATCH:-256}
 # FlashAttention-2/3 kernels are stripped from the carried vLLM (scripts/gpu_carry.sh): Triton attention
 # for the decoder, torch SDPA for the vision encoder, in every row alike.
-ATTN=(--attention-backend TRITON_ATTN --engine-kwargs '{"mm_encoder_attn_backend": "TORCH_SDPA"}')
+ATTN=(--attention-backend TRITON_ATTN --mm-encoder-attn-backend TORCH_SDPA)
 [ -f /tmp/ckpt/config.json ] || python3 bench/make_full_ckpt.py /tmp/ckpt bench/deepseek_ocr_config.json >/dev/null
 
 profile() {  # log file: wait for the engine-core run, then sample the engine core for 12 s

@@ -101,6 +101,9 @@ class Config:
                                  engine="vllm", output=False, type=int)
     attention_backend: str | None = opt(None, "vLLM attention backend, e.g. TRITON_ATTN (default: vLLM's)",
                                         engine="vllm", output=False)
+    mm_encoder_attn_backend: str | None = opt(None, "vision encoder attention backend, e.g. TORCH_SDPA where "
+                                              "this vLLM build has no FlashAttention kernels (default: vLLM's)",
+                                              engine="vllm", output=False)
     enforce_eager: bool = opt(False, "disable CUDA graphs", engine="vllm", output=False)
     mm_encoder_cudagraph: bool = opt(False, "capture the vision encoder in CUDA graphs (vLLM's compilation_config "
                                      "cudagraph_mm_encoder, where this vLLM has it); batches holding a Large view run eagerly",

@@ -118,8 +118,10 @@ def test_head_dim_override_comes_from_the_checkpoint(tmp_path):
 
 def test_overrides_win():
     l4 = Platform("cuda", fp8_kv=True, capability=(8, 9))
-    kw, notes = engine_kwargs(cfg(block_size=256, attention_backend="TRITON_ATTN", enable_fp8_weights=True), l4)
+    kw, notes = engine_kwargs(cfg(block_size=256, attention_backend="TRITON_ATTN", enable_fp8_weights=True,
+                                  mm_encoder_attn_backend="TORCH_SDPA"), l4)
     assert kw["block_size"] == 256 and kw["attention_backend"] == "TRITON_ATTN" and kw["quantization"] == "fp8"
+    assert kw["mm_encoder_attn_backend"] == "TORCH_SDPA"
     assert any("block_size=256" in n and "attention=TRITON_ATTN" in n for n in notes)
 
 

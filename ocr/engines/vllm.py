@@ -194,7 +194,7 @@ def engine_kwargs(cfg: Config, platform: Platform, override: Mapping[str, Any] |
         guard_class, guard_note = choose_guard(cfg.ngram_impl, family.vllm_architecture)
         kw["logits_processors"] = [guard_class]
         notes.append(guard_note)
-    for key in ("block_size", "attention_backend", "mm_encoder_tp_mode"):
+    for key in ("block_size", "attention_backend", "mm_encoder_tp_mode", "mm_encoder_attn_backend"):
         if getattr(cfg, key):
             kw[key] = getattr(cfg, key)
     if cfg.enable_fp8_weights:
