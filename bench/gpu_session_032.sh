@@ -53,6 +53,6 @@ for job in "$@"; do
   echo "== $name ($runner $flags): exit $? in $(( $(date +%s) - start )) s"
   [ -n "$prof" ] && { sleep 1; kill "$prof" 2>/dev/null; wait "$prof" 2>/dev/null; }
   grep -m3 -E "V2 Model Runner|V1 Model Runner|model runner|guard" "$log" | cut -c1-200
-  grep -E "^(engine loaded|engine core:|runner:|ratio|GPU)" "$log" | cut -c1-400
+  sed -n '/^=\{86\}$/,/^=\{86\}$/p' "$log" | grep -vE "^ {2}(main|threads|workers|bench|stage|[a-z_.+ ]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+$)" | cut -c1-300
   [ -f "$OUT/$name-split.json" ] && cat "$OUT/$name-profile.txt"
 done
