@@ -5,15 +5,15 @@ its V2 class), on the same token streams, checking on every timed step that all 
   python bench/ngram_bench.py [--device cuda] [--rows 64,128,256] [--ngram 30,20] [--window 90]
                               [--steps 200] [--vocab 129280] [--json PATH]
 
-Needs only torch and vllm (the guard module is loaded from its file). Exits 1 if any timed step bans
+Needs only torch and vllm (and Triton for the kernel rows). Exits 1 if any timed step bans
 different tokens. Times are wall time per step with the device synchronized: update_state + apply for
 the V1 classes, apply for V2 (whose token history the model runner writes on the device)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import os
 import random
 import statistics
 import sys
@@ -34,11 +34,9 @@ MAX_LEN = 4096
 
 
 def load_guard_module():
-    spec = importlib.util.spec_from_file_location("ocr_ngram_guard", ROOT / "ocr" / "engines" / "ngram.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module          # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(ROOT))
+    from ocr.engines import ngram
+    return ngram
 
 
 class Stream:
@@ -104,12 +102,16 @@ def run_case(mod, rows: int, n: int, window: int, steps: int, warmup: int, vocab
 
     rng = random.Random(seed)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    impls = {"vllm": NGramPerReqLogitsProcessor(None, device, device.type == "cuda"),
-             "ours_v1": mod.NGramGuardV1(None, device, device.type == "cuda")}
+    # ours_*: one Triton kernel where ngram_kernel.usable (CUDA); ours_*_tensor: the tensor operations
+    kernel = mod.ngram_kernel.usable(torch.empty(1, device=device))
+    variants = ("", "_tensor") if kernel else ("",)
+    impls = {"vllm": NGramPerReqLogitsProcessor(None, device, device.type == "cuda")}
+    impls.update({f"ours_v1{v}": mod.NGramGuardV1(None, device, device.type == "cuda") for v in variants})
     v2 = None
     if mod.NGramGuardV2 is not None:
         v2 = V2State(rows, device)
-        impls["ours_v2"] = mod.NGramGuardV2(None, v2)
+        impls.update({f"ours_v2{v}": mod.NGramGuardV2(None, v2) for v in variants})
+    v2_names = [name for name in impls if name.startswith("ours_v2")]
     streams, outs, params = [], [], []
 
     def new_request(row: int) -> None:
@@ -125,7 +127,8 @@ def run_case(mod, rows: int, n: int, window: int, steps: int, warmup: int, vocab
             streams.append(stream), outs.append(out), params.append(sp)
         if v2 is not None:
             v2.load(row, out)
-            impls["ours_v2"].add_request(row, sp)
+            for name in v2_names:
+                impls[name].add_request(row, sp)
 
     for row in range(rows):
         new_request(row)
@@ -143,14 +146,16 @@ def run_case(mod, rows: int, n: int, window: int, steps: int, warmup: int, vocab
     base = torch.empty(rows, vocab, device=device)
     copies = {name: torch.empty_like(base) for name in impls}
     for step in range(warmup + steps):
-        if v2 is not None:
-            impls["ours_v2"].apply_staged_writes()
+        for name in v2_names:
+            impls[name].apply_staged_writes()
         base.normal_()
         for name, proc in impls.items():
             copies[name].copy_(base)
+            if name.endswith("_tensor"):
+                os.environ[mod.ngram_kernel.ENV] = "0"
             sync()
             start = time.perf_counter()
-            if name == "ours_v2":
+            if name in v2_names:
                 proc.apply(copies[name], ctx)
             else:
                 proc.update_state(update)
@@ -158,6 +163,7 @@ def run_case(mod, rows: int, n: int, window: int, steps: int, warmup: int, vocab
             sync()
             if step >= warmup:
                 times[name].append(time.perf_counter() - start)
+            os.environ.pop(mod.ngram_kernel.ENV, None)
         want = copies["vllm"]
         if step >= warmup:
             banned += int(torch.isinf(want).sum())

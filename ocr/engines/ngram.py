@@ -16,6 +16,8 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor as V1LogitsProcessor
 from vllm.v1.sample.logits_processor import MoveDirectionality
 
+from . import ngram_kernel
+
 try:                 # vLLM >= ~0.30: Model Runner V2's own logits-processor interface
     from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as V2LogitsProcessor
 except ImportError:  # vLLM 0.24: Model Runner V2 ignores custom logits processors
@@ -129,6 +131,8 @@ class NGramGuardV1(V1LogitsProcessor):
         self.hist = torch.full((len(self.rows), 0), PAD, dtype=TOKEN, device=self.device)
         self.params: tuple[torch.Tensor, ...] | None = None    # n, window, whitelist per row; None: rebuild
         self.k = 0
+        self._layout_key: tuple[int, int] | None = None           # the kernel's row ends and indices, cached
+        self._layout_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
@@ -199,7 +203,19 @@ class NGramGuardV1(V1LogitsProcessor):
         if stale:
             hist[_to_device(stale, self.device, self.pin)] = self._reload(stale)
         self.hist[:size] = hist
+        if ngram_kernel.usable(logits):
+            width = hist.shape[1]      # row r's window is hist[r]: its "end" is width, its start width - length
+            ends, rows = self._layout(size, width)
+            if ngram_kernel.ban_(logits, hist, ends, ends - step[0], rows, *self.params, width):
+                return logits
         return ban_ngrams_(logits, hist, step[0], *self.params, self.k)
+
+    def _layout(self, size: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._layout_key != (size, width) or self._layout_cache is None:
+            self._layout_key = (size, width)
+            self._layout_cache = (torch.full((size,), width, dtype=torch.long, device=self.device),
+                                  torch.arange(size, dtype=torch.int32, device=self.device))
+        return self._layout_cache
 
     def _new_tokens(self, size: int) -> tuple[list[int], list[int], list[int]]:
         """Per guarded row: its output length, its newest token if exactly one arrived since the last step
@@ -272,6 +288,11 @@ if V2LogitsProcessor is not None:
                 self.apply_staged_writes()
             slots_np = ctx.idx_mapping_np
             width = int(max(self.window[slots_np].max(), self.n[slots_np].max()))
+            state = self.req_states
+            if ngram_kernel.usable(logits) and ngram_kernel.ban_(
+                    logits, state.all_token_ids.gpu, state.total_len.gpu, state.prompt_len.gpu,
+                    ctx.expanded_idx_mapping, *self.params, width):
+                return logits
             slots = ctx.expanded_idx_mapping.long()
             total = self.req_states.total_len.gpu[slots].long()
             out_len = total - self.req_states.prompt_len.gpu[slots].long()
