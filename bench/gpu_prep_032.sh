@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Source on the lent H200 once the 14 parts of scripts/gpu_carry.sh are in /tmp/g32 (carry .g32/p15 then),
 # or on a warm machine where an earlier call installed it: vLLM 0.32 + torch 2.13 in /tmp/site, the wheels
 # in .g32x/{rf,spy} (rapidfuzz and latex2mathml for post-processing, py-spy for profiles), the device's
