@@ -178,6 +178,8 @@ def test_encoder_graphs_decline_a_batch_holding_a_large_view(monkeypatch):
     large = {"pixel_values": torch.zeros(2, 3, 1280, 1280), "images_crop": torch.zeros(0, 3, 640, 640)}
     assert ocr_graphs.execute(gundam) == ["graph"]
     assert ocr_graphs.execute(mixed) is None and ocr_graphs.execute(large) is None
+    odd_crops = {"pixel_values": torch.zeros(1, 3, 1024, 1024), "images_crop": torch.zeros(2, 3, 1024, 1024)}
+    assert ocr_graphs.execute(odd_crops) is None
     assert other_graphs.execute(large) == ["graph"]
     assert replayed == [gundam, large]
 

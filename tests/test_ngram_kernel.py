@@ -72,6 +72,18 @@ for case in range(120):
         assert torch.equal(v1, want), ("v1", case)
     cases += 1
     bans += int(torch.isinf(want).sum())
+# an id outside the vocabulary (never in a real history) is not written: the next row stays as it was
+tokens = torch.full((2, 40), vocab + 1, dtype=torch.int32)
+one, rows = torch.tensor([2, 2]), torch.tensor([0, 1], dtype=torch.int32)
+logits = torch.randn(2, vocab)
+got = logits.clone()
+assert ngram_kernel.ban_(got, tokens, torch.tensor([40, 40]), torch.tensor([0, 0]), rows, one, one * 10,
+                         torch.zeros(2, 0, dtype=torch.int32), 10)
+assert torch.equal(got, logits)
+# a window too wide for one block is left to the tensor operations, and the kernel stays on
+assert not ngram_kernel.ban_(got, tokens, torch.tensor([40, 40]), torch.tensor([0, 0]), rows, one, one * 10,
+                             torch.zeros(2, 0, dtype=torch.int32), ngram_kernel.MAX_WIDTH + 1)
+assert ngram_kernel.usable(got)
 print("cases", cases, "bans", bans)
 '''
 

@@ -16,6 +16,7 @@ import torch
 
 log = logging.getLogger(__name__)
 ENV = "OCR_NGRAM_KERNEL"
+MAX_WIDTH = 8192         # one block per row holds the window (DeepSeek-OCR's runs use 90)
 _kernel: Any = None
 
 
@@ -43,7 +44,7 @@ def _build() -> Any:
     import triton.language as tl
 
     @triton.jit
-    def ban_kernel(logits_ptr, logits_stride, tok_ptr, tok_stride, end_ptr, start_ptr, slot_ptr, n_ptr,
+    def ban_kernel(logits_ptr, logits_stride, vocab, tok_ptr, tok_stride, end_ptr, start_ptr, slot_ptr, n_ptr,
                    window_ptr, white_ptr, white_stride, num_white, width, BLOCK: tl.constexpr):
         # One program per logits row. The row's tokens are tok[slot, start:end] (prompt before start);
         # column c of its window is token end - width + c, so column width - 1 is the newest.
@@ -63,6 +64,7 @@ def _build() -> Any:
                 newest = tl.load(base + width - 1 - j)
                 ban = ban & (before == newest)
             token = tl.load(base + cols, mask=ban, other=0).to(tl.int64)
+            ban = ban & (token >= 0) & (token < vocab)     # never a write outside the row
             for w in range(0, num_white):
                 ban = ban & (token != tl.load(white_ptr + slot * white_stride + w).to(tl.int64))
             tl.store(logits_ptr + row.to(tl.int64) * logits_stride + token,
@@ -73,7 +75,8 @@ def _build() -> Any:
                width: int) -> torch.Tensor:
         rows, num_white = slots.shape[0], white.shape[1]
         if rows and width:
-            ban_kernel[(rows,)](logits, logits.stride(0), tokens, tokens.stride(0), end, start, slots, n, window,
+            ban_kernel[(rows,)](logits, logits.stride(0), logits.shape[1], tokens, tokens.stride(0), end, start,
+                                slots, n, window,
                                 white if num_white else n, white.stride(0) if num_white else 0, num_white, width,
                                 BLOCK=triton.next_power_of_2(width))
         return logits
@@ -86,12 +89,13 @@ def ban_(logits: torch.Tensor, tokens: torch.Tensor, end: torch.Tensor, start: t
     """Set to -inf, in place, what ngram.ban_ngrams_ sets, for logits row r of request slot slots[r]:
     tokens [S, L] (each slot's prompt and output; its output is tokens[s, start[s]:end[s]]); n, window
     [S] (n < 2: unguarded); white [S, Kw] (padded with a value that is no token id); width >= every
-    guarded slot's max(window, n). Unbanned logits are left untouched. False (logits untouched) if the
-    kernel cannot be built or launched here: then it is off for this process, with one warning."""
+    guarded slot's max(window, n). Unbanned logits are left untouched. False (logits untouched) where the
+    kernel does not take the call (width over MAX_WIDTH, rows not contiguous), or cannot be built or
+    launched here: then it is off for this process, with one warning."""
     global _kernel
     launch = _compiled()
-    if launch is None:
-        return False
+    if launch is None or width > MAX_WIDTH or logits.stride(1) != 1 or tokens.stride(1) != 1:
+        return False             # the tensor operations take these (a huge window_size, strided rows)
     try:
         launch(logits, tokens, end, start, slots, n, window, white, width)
     except Exception as exc:     # a Triton that cannot compile here: a compile error comes before any write

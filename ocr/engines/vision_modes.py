@@ -257,15 +257,19 @@ def _graph_manager() -> Any:
     return EncoderCudaGraphManager if callable(getattr(EncoderCudaGraphManager, "execute", None)) else None
 
 
-def is_gundam_batch(mm_kwargs: dict[str, Any], base_size: int) -> bool:
-    """Every global view of this encoder batch is Gundam's (one stacked tensor of base_size views)."""
-    views = mm_kwargs.get("pixel_values")
-    return views is not None and not isinstance(views, (list, tuple)) and int(views.shape[-1]) == base_size
+def is_gundam_batch(mm_kwargs: dict[str, Any], base_size: int, crop_size: int) -> bool:
+    """Every view of this encoder batch has the sizes the graphs were captured for: one stacked tensor of
+    base_size global views, and crops (if any) of crop_size."""
+    views, crops = mm_kwargs.get("pixel_values"), mm_kwargs.get("images_crop")
+    if views is None or isinstance(views, (list, tuple)) or int(views.shape[-1]) != base_size:
+        return False
+    return crops is None or (not isinstance(crops, (list, tuple)) and int(crops.shape[-1]) == crop_size)
 
 
 def _make_graph_execute(original, m: Any):
     def execute(self, mm_kwargs):
-        if isinstance(self.model, m.DeepseekOCRForCausalLM) and not is_gundam_batch(mm_kwargs, m.BASE_SIZE):
+        if isinstance(self.model, m.DeepseekOCRForCausalLM) and \
+                not is_gundam_batch(mm_kwargs, m.BASE_SIZE, m.IMAGE_SIZE):
             return None           # a Large (1280) view: the caller encodes this batch eagerly
         return original(self, mm_kwargs)
     return execute
