@@ -665,22 +665,20 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
                                          f"{a.budget_s - (time.perf_counter() - t_start):.0f} s left"
             say(f"engine core run skipped: {res['engine_core_skipped']}")
         elif "core" in a.engine_runs:
-            _reset_encoder_cache(llm)
-            monitor.set_phase("engine_core")
-            say(f"engine core: {len(pages)} pre-processed pages ...")
             modes = page_modes(a.large_every, len(pages), engine.caps.vision_modes)
-            res["engine_core"], core_comps = run_engine_core(llm, prompt, pages, page_params,
-                                                             cfg.preprocess_workers, timers, modes)
-            comps = comps or core_comps
-            say(f"engine core: {res['engine_core']}")
-            _dump_partial(a, res)
-            if "core-noguard" in a.engine_runs:
+            for run in [r for r in a.engine_runs if r.startswith("core")]:      # in the order given
+                guarded = run == "core"
+                name = "engine_core" if guarded else "engine_core_noguard"
                 _reset_encoder_cache(llm)
-                monitor.set_phase("engine_core_noguard")
-                say(f"engine core without the guard's extra_args: {len(pages)} pages ...")
-                res["engine_core_noguard"], _ = run_engine_core(llm, prompt, pages, without_guard(page_params),
-                                                                cfg.preprocess_workers, timers, modes)
-                say(f"engine core, no guard: {res['engine_core_noguard']}")
+                monitor.set_phase(name)
+                say(f"engine core: {len(pages)} pre-processed pages ..." if guarded else
+                    f"engine core without the guard's extra_args: {len(pages)} pages ...")
+                res[name], core_comps = run_engine_core(llm, prompt, pages,
+                                                        page_params if guarded else without_guard(page_params),
+                                                        cfg.preprocess_workers, timers, modes)
+                if guarded:
+                    comps = comps or core_comps
+                say(f"engine core: {res[name]}" if guarded else f"engine core, no guard: {res[name]}")
                 _dump_partial(a, res)
 
         monitor.set_phase("finish_write")
@@ -1201,7 +1199,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     b.add_argument("--engine-runs", default="generate,core",
                    help="raw engine runs before the runner: generate (one LLM.generate call), core "
                         "(inputs pre-processed in threads, then the engine alone), core-noguard (core again, "
-                        "the requests without the n-gram guard's extra_args); comma-separated")
+                        "the requests without the n-gram guard's extra_args); comma-separated, the core runs "
+                        "in the order given (core-noguard alone: after core)")
     b.add_argument("--large-every", type=int, default=0, metavar="K",
                    help="core runs: every K-th page a Large-mode request (a 1280 view beside Gundam's)")
     b.add_argument("--budget-s", type=float, default=0,
@@ -1225,8 +1224,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.engine_runs = [r.strip() for r in a.engine_runs.split(",") if r.strip()]
     if not a.engine_runs or set(a.engine_runs) - {"generate", "core", "core-noguard"}:
         ap.error("--engine-runs: generate, core, core-noguard (comma-separated)")
-    if "core-noguard" in a.engine_runs and "core" not in a.engine_runs:
-        a.engine_runs.append("core")
+    if "core-noguard" in a.engine_runs and "core" not in a.engine_runs:     # core-noguard alone: core first
+        a.engine_runs.insert(a.engine_runs.index("core-noguard"), "core")
     return a
 
 

@@ -280,7 +280,7 @@ def test_guard_and_large_mode_runs_in_the_same_load(tmp_path, fake_vllm, monkeyp
                            "--corpus-dir", str(tmp_path / "c"), "--json", str(out)])
     assert code == 0
     res = json.loads(out.read_text())
-    assert "engine" not in res and res["settings"]["engine_runs"] == ["core-noguard", "core"]
+    assert "engine" not in res and res["settings"]["engine_runs"] == ["core", "core-noguard"]
     assert res["engine_core"]["pages"] == res["engine_core_noguard"]["pages"] == 12
     assert res["engine_core"]["large_pages"] == res["engine_core_noguard"]["large_pages"] == 4
     assert res["ratio"]["engine_core/engine_core_noguard"]["pages_per_s"] > 0
@@ -291,6 +291,16 @@ def test_guard_and_large_mode_runs_in_the_same_load(tmp_path, fake_vllm, monkeyp
     assert all(args is None for _, args, _ in bare)
     large = [int(rid.split("-")[2]) for rid, _, kwargs in guarded if kwargs]
     assert large == [2, 5, 8, 11] and all(kwargs["base_size"] == 1280 for _, _, kwargs in added if kwargs)
+
+    _FakeVllmEngine.instances.clear()                   # the other order: the unguarded run first
+    assert fake_vllm.main(["--model", str(tmp_path / "ckpt"), "--load-format", "dummy", "--generate", "2x6",
+                           "--blank-every", "0", "--dpi", "50", "--force-tokens", "8", "--warmup", "0",
+                           "--batch-pages", "3", "--render-workers", "1", "--bench-render-workers", "1",
+                           "--engine-runs", "core-noguard,core", "--corpus-dir", str(tmp_path / "c"),
+                           "--json", str(out)]) == 0
+    added = _FakeVllmEngine.instances[0].llm.llm_engine.added
+    assert all(args is None for _, args, _ in added[:12]) and all(args for _, args, _ in added[12:24])
+    assert json.loads(out.read_text())["runner"]["out_tokens"] == 96
 
 
 def test_steady_rate_leaves_out_the_filling_and_the_tail(fake_vllm):
