@@ -21,7 +21,7 @@ PLANNED = {"a.pdf": "a.md", "sub/b.pdf": "sub/b.md", "c.pdf": "c.md"}
 def corpus(src: Path) -> None:
     make_pdf(src / "a.pdf", numbered_pages(3, "Alpha"))
     make_pdf(src / "sub" / "b.pdf", [GREEK, None, ENGLISH])
-    make_pdf(src / "c.pdf", numbered_pages(6, "Gamma"))
+    make_pdf(src / "c.pdf", numbered_pages(16, "Gamma"))   # long enough that every try is stopped mid-run
 
 
 def command(src: Path, out: Path) -> list[str]:
