@@ -46,6 +46,7 @@ import gc
 import json
 import os
 import platform as pyplatform
+import re
 import resource
 import shutil
 import subprocess
@@ -1199,8 +1200,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     b.add_argument("--engine-runs", default="generate,core",
                    help="raw engine runs before the runner: generate (one LLM.generate call), core "
                         "(inputs pre-processed in threads, then the engine alone), core-noguard (core again, "
-                        "the requests without the n-gram guard's extra_args); comma-separated, the core runs "
-                        "in the order given (core-noguard alone: after core)")
+                        "the requests without the n-gram guard's extra_args); separated by commas or slashes, the "
+                        "core runs in the order given (core-noguard alone: after core)")
     b.add_argument("--large-every", type=int, default=0, metavar="K",
                    help="core runs: every K-th page a Large-mode request (a 1280 view beside Gundam's)")
     b.add_argument("--budget-s", type=float, default=0,
@@ -1221,7 +1222,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("give --pdfs DIR or --generate N_PDFSxPAGES (or --memory-scaling)")
     if a.memory_child and not a.pdfs:
         ap.error("--memory-child needs --pdfs")
-    a.engine_runs = [r.strip() for r in a.engine_runs.split(",") if r.strip()]
+    a.engine_runs = [r.strip() for r in re.split(r"[,/]", a.engine_runs) if r.strip()]   # "/": gpu_session_032.sh rows
     if not a.engine_runs or set(a.engine_runs) - {"generate", "core", "core-noguard"}:
         ap.error("--engine-runs: generate, core, core-noguard (comma-separated)")
     if "core-noguard" in a.engine_runs and "core" not in a.engine_runs:     # core-noguard alone: core first

@@ -152,38 +152,6 @@ def test_install_refuses_an_unknown_vllm(monkeypatch):
     assert vision_modes.install() is False and not vision_modes.is_installed()
 
 
-def test_encoder_graphs_decline_a_batch_holding_a_large_view(monkeypatch):
-    """With vLLM's encoder CUDA graphs (sized for Gundam's 1024 view), the patched graph manager hands a
-    batch with a Large view back to vLLM (None: both model runners then encode it eagerly); Gundam batches
-    and other models' batches still replay the graphs."""
-    pytest.importorskip("vllm")
-    import torch
-    from vllm.model_executor.models import deepseek_ocr as m
-    from vllm.v1.worker.encoder_cudagraph import EncoderCudaGraphManager as Graphs
-
-    patched = {m.DeepseekOCRMultiModalProcessor: ("_get_prompt_updates", "_call_hf_processor"),
-               m.DeepseekOCRForCausalLM: ("embed_multimodal",), Graphs: ()}
-    for cls, names in patched.items():          # undone after the test: install() patches classes
-        for name in names:
-            monkeypatch.setattr(cls, name, getattr(cls, name))
-        monkeypatch.setattr(cls, vision_modes.PATCH_FLAG, False, raising=False)
-    replayed = []
-    monkeypatch.setattr(Graphs, "execute", lambda self, mm_kwargs: replayed.append(mm_kwargs) or ["graph"])
-    assert vision_modes.install()
-
-    ocr_graphs, other_graphs = object.__new__(Graphs), object.__new__(Graphs)
-    ocr_graphs.model, other_graphs.model = object.__new__(m.DeepseekOCRForCausalLM), object()
-    gundam = {"pixel_values": torch.zeros(2, 3, 1024, 1024), "images_crop": torch.zeros(6, 3, 640, 640)}
-    mixed = {"pixel_values": [torch.zeros(3, 1024, 1024), torch.zeros(3, 1280, 1280)]}
-    large = {"pixel_values": torch.zeros(2, 3, 1280, 1280), "images_crop": torch.zeros(0, 3, 640, 640)}
-    assert ocr_graphs.execute(gundam) == ["graph"]
-    assert ocr_graphs.execute(mixed) is None and ocr_graphs.execute(large) is None
-    odd_crops = {"pixel_values": torch.zeros(1, 3, 1024, 1024), "images_crop": torch.zeros(2, 3, 1024, 1024)}
-    assert ocr_graphs.execute(odd_crops) is None
-    assert other_graphs.execute(large) == ["graph"]
-    assert replayed == [gundam, large]
-
-
 # --- registering the plugin -----------------------------------------------------------------------------
 
 def test_activate_registers_the_entry_point(tmp_path, monkeypatch):

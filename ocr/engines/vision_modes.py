@@ -21,9 +21,9 @@ produces a 1280x1280 view; only two things stop such a request from working:
   size so crop batches keep one shape;
 - engine-core worker: a batch whose global views differ in size is encoded one image at a time;
   with vLLM's encoder CUDA graphs on (`compilation_config.cudagraph_mm_encoder`, sized for Gundam's 1024
-  view and 640 crops), a batch holding any other view is declined by the graph manager, and vLLM then
-  encodes that batch eagerly (both model runners fall back when `EncoderCudaGraphManager.execute`
-  returns None).
+  view and 640 crops), the graph manager replays a mixed batch's Gundam items and has the others encoded
+  eagerly, and declines a batch of other views only (both model runners then encode it eagerly);
+  `ocr/engines/encoder_graphs.py` also takes a blocking copy out of vLLM's batch slicing.
 
 Gundam requests are untouched (the same count, the same tensors). SAM and CLIP interpolate their position
 embeddings to the input size (`get_abs_pos`, `get_rel_pos` in vllm/model_executor/models/deepencoder.py),
@@ -72,6 +72,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageOps
+
+from . import encoder_graphs
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +124,7 @@ def install() -> bool:
     proc_cls._get_prompt_updates = _make_prompt_updates(m)
     proc_cls._call_hf_processor = _make_call_hf_processor(proc_cls._call_hf_processor, m)
     model_cls.embed_multimodal = _make_embed_multimodal(model_cls.embed_multimodal)
-    graphs = _graph_manager()
-    if graphs is not None and not getattr(graphs, PATCH_FLAG, False):
-        graphs.execute = _make_graph_execute(graphs.execute, m)
-        setattr(graphs, PATCH_FLAG, True)
+    encoder_graphs.install(m, _graph_manager(), is_gundam_batch, PATCH_FLAG)
     setattr(proc_cls, PATCH_FLAG, True)
     setattr(model_cls, PATCH_FLAG, True)
     log.info("%s: DeepSeek-OCR vision modes per request enabled (pid %d)", PLUGIN_NAME, os.getpid())
@@ -264,15 +263,6 @@ def is_gundam_batch(mm_kwargs: dict[str, Any], base_size: int, crop_size: int) -
     if views is None or isinstance(views, (list, tuple)) or int(views.shape[-1]) != base_size:
         return False
     return crops is None or (not isinstance(crops, (list, tuple)) and int(crops.shape[-1]) == crop_size)
-
-
-def _make_graph_execute(original, m: Any):
-    def execute(self, mm_kwargs):
-        if isinstance(self.model, m.DeepseekOCRForCausalLM) and \
-                not is_gundam_batch(mm_kwargs, m.BASE_SIZE, m.IMAGE_SIZE):
-            return None           # a Large (1280) view: the caller encodes this batch eagerly
-        return original(self, mm_kwargs)
-    return execute
 
 
 # --- registering the entry point at run time ----------------------------------------------------------

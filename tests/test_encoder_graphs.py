@@ -1,0 +1,123 @@
+"""vLLM 0.32's encoder CUDA graphs with DeepSeek-OCR: the batch slicing without a blocking copy selects
+exactly what vLLM's does, and a batch mixing Large and Gundam views has its Gundam pages replayed."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ocr.engines import encoder_graphs, vision_modes
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("vllm")
+
+
+@pytest.fixture
+def patched(monkeypatch):
+    """vision_modes installed on vLLM's real classes, undone after the test; graph replay recorded."""
+    from vllm.model_executor.models import deepseek_ocr as m
+    from vllm.v1.worker.encoder_cudagraph import EncoderCudaGraphManager as Graphs
+    for cls, names in {m.DeepseekOCRMultiModalProcessor: ("_get_prompt_updates", "_call_hf_processor"),
+                       m.DeepseekOCRForCausalLM: ("embed_multimodal", "select_encoder_cudagraph_items"),
+                       Graphs: ("execute",)}.items():
+        for name in names:
+            current = getattr(cls, name)
+            monkeypatch.setattr(cls, name, getattr(current, "__wrapped__", current))   # vLLM's own
+        monkeypatch.setattr(cls, vision_modes.PATCH_FLAG, False, raising=False)
+    replayed, eager = [], []
+
+    def replay(self, mm_kwargs):
+        replayed.append(mm_kwargs)
+        return [("graph", float(v.flatten()[0])) for v in mm_kwargs["pixel_values"]]
+
+    def encode(self, **mm_kwargs):
+        eager.append(mm_kwargs)
+        return [("eager", float(v.flatten()[0])) for v in mm_kwargs["pixel_values"]]
+    vllm_select = m.DeepseekOCRForCausalLM.select_encoder_cudagraph_items
+    monkeypatch.setattr(Graphs, "execute", replay)
+    monkeypatch.setattr(m.DeepseekOCRForCausalLM, "embed_multimodal", encode)
+    assert vision_modes.install()
+    graphs = object.__new__(Graphs)
+    graphs.model = object.__new__(m.DeepseekOCRForCausalLM)
+    return graphs, replayed, eager, vllm_select
+
+
+def batch(grids: list[tuple[int, int]], rng: random.Random) -> dict:
+    """An encoder batch as vLLM 0.32 hands it over: stacked 1024 views, the crops of all tiled pages in one
+    tensor, the tile grids on the CPU; every view and crop numbered so a mix-up shows."""
+    counts = encoder_graphs.crop_counts(grids)
+    views = torch.stack([torch.full((3, 8, 8), float(i)) for i in range(len(grids))])
+    crops = torch.arange(sum(counts) * 3 * 4 * 4, dtype=torch.float32).reshape(-1, 3, 4, 4)
+    return {"pixel_values": views + rng.random(), "images_crop": crops,
+            "images_spatial_crop": torch.tensor(grids, dtype=torch.long).reshape(-1, 2)}
+
+
+def test_slicing_selects_what_vllms_selects(patched):
+    """Every index list the graph manager can ask for (all in order, a permutation, a subset, one item,
+    none), over random mixes of untiled and tiled pages: the same tensors as vLLM's own method."""
+    graphs, _, _, vllm_select = patched
+    ours = type(graphs.model).select_encoder_cudagraph_items
+    assert ours is not vllm_select
+    rng = random.Random(7)
+    for _ in range(60):
+        grids = [rng.choice([(1, 1), (2, 2), (2, 3), (3, 2), (1, 3), (3, 1)]) for _ in range(rng.randint(1, 9))]
+        mm = batch(grids, rng)
+        n = len(grids)
+        perm = rng.sample(range(n), n)
+        for indices in (list(range(n)), perm, perm[: max(1, n // 2)], [perm[0]], []):
+            want = vllm_select(graphs.model, mm, indices)
+            got = ours(graphs.model, mm, indices)
+            assert set(got) == set(want)
+            for key in want:
+                assert torch.equal(got[key], want[key]), (grids, indices, key)
+
+
+def test_a_mixed_batch_replays_its_gundam_pages(patched):
+    """Gundam views (1024) beside Large ones (1280, no crops): the Gundam ones go through the graphs as
+    one batch with their own crops and grids, the Large ones are encoded eagerly, outputs in batch order."""
+    graphs, replayed, eager, _ = patched
+    views = [torch.full((3, 1024, 1024), 0.0), torch.full((3, 1280, 1280), 1.0),
+             torch.full((3, 1024, 1024), 2.0), torch.full((3, 1280, 1280), 3.0)]
+    grids = torch.tensor([[2, 3], [1, 1], [1, 1], [1, 1]])
+    crops = torch.stack([torch.full((3, 640, 640), float(10 + k)) for k in range(6)])
+    out = graphs.execute({"pixel_values": views, "images_crop": crops, "images_spatial_crop": grids})
+    assert out == [("graph", 0.0), ("eager", 1.0), ("graph", 2.0), ("eager", 3.0)]
+    (gundam,) = replayed
+    assert gundam["pixel_values"].shape == (2, 3, 1024, 1024)
+    assert torch.equal(gundam["images_crop"], crops)                    # page 0's six crops, page 2 none
+    assert gundam["images_spatial_crop"].tolist() == [[2, 3], [1, 1]]
+    (large,) = eager                                                    # both Large views in one call
+    assert large["pixel_values"].shape == (2, 3, 1280, 1280)
+    assert [float(v.flatten()[0]) for v in large["pixel_values"]] == [1.0, 3.0]
+    assert large["images_crop"].shape[0] == 0 and large["images_spatial_crop"].tolist() == [[1, 1], [1, 1]]
+
+
+def test_batches_with_nothing_to_replay_are_declined(patched):
+    """A batch of Large views only, or one with crops of another size, goes back to vLLM's eager encoder
+    (None); a Gundam batch, and any other model's batch, are replayed as before."""
+    graphs, replayed, eager, _ = patched
+    large = {"pixel_values": torch.zeros(2, 3, 1280, 1280), "images_crop": torch.zeros(0, 3, 640, 640),
+             "images_spatial_crop": torch.ones(2, 2, dtype=torch.long)}
+    odd = {"pixel_values": torch.zeros(1, 3, 1024, 1024), "images_crop": torch.zeros(4, 3, 1024, 1024),
+           "images_spatial_crop": torch.tensor([[2, 2]])}
+    gundam = {"pixel_values": torch.zeros(2, 3, 1024, 1024), "images_crop": torch.zeros(6, 3, 640, 640),
+              "images_spatial_crop": torch.tensor([[2, 3], [1, 1]])}
+    assert graphs.execute(large) is None and graphs.execute(odd) is None
+    assert graphs.execute(gundam) == [("graph", 0.0), ("graph", 0.0)]
+    other = object.__new__(type(graphs))
+    other.model = object()
+    assert other.execute(large) == [("graph", 0.0), ("graph", 0.0)]
+    assert replayed == [gundam, large] and eager == []
+
+
+def test_slicing_patch_can_be_turned_off(monkeypatch, patched):
+    """OCR_ENCODER_SLICE_PATCH=0 keeps vLLM's own slicing (to measure one against the other on a GPU)."""
+    graphs, _, _, vllm_select = patched
+    cls = type(graphs.model)
+    monkeypatch.setattr(cls, "select_encoder_cudagraph_items", vllm_select)
+    monkeypatch.setattr(type(graphs), vision_modes.PATCH_FLAG, False)
+    monkeypatch.setenv(encoder_graphs.SLICE_ENV, "0")
+    from vllm.model_executor.models import deepseek_ocr as m
+    assert encoder_graphs.install(m, type(graphs), vision_modes.is_gundam_batch, vision_modes.PATCH_FLAG)
+    assert cls.select_encoder_cudagraph_items is vllm_select
