@@ -728,9 +728,16 @@ def ratios(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def steady_rate(finished_at: list[float], low: float = 0.25, high: float = 0.75) -> float | None:
+STEADY_MIN_BATCHES = 3
+
+
+def steady_rate(finished_at: list[float], low: float = 0.25, high: float = 0.75, batch: int = 0) -> float | None:
     """Pages per second between the low and high shares of pages finished: the batch is full there, its
-    filling and its draining tail left out (with few pages over --batch-pages, most of a run is either)."""
+    filling and its draining tail left out. None with fewer than STEADY_MIN_BATCHES x batch pages: then
+    there is no steady part (on the H200, 336 pages at 256 in flight gave 38 "steady" pages/s and 16
+    over the whole run: the window held the burst of pages that all started together)."""
+    if batch and len(finished_at) < STEADY_MIN_BATCHES * batch:
+        return None
     times = sorted(finished_at)
     i, j = int(len(times) * low), int(len(times) * high) - 1
     if j <= i or times[j] <= times[i]:
@@ -782,6 +789,13 @@ def _output_figures(outs: list, seconds: float) -> dict[str, Any]:
             "prompt_tokens_per_page": round(sum(prompt_tokens) / max(len(prompt_tokens), 1), 1)}
 
 
+def _max_num_seqs(llm: Any) -> int:
+    try:
+        return int(llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
 def run_engine_core(llm: Any, prompt: str, pages: list, params: Any, workers: int,
                     timers: Timers, modes: list[str] | None = None) -> tuple[dict[str, Any], list]:
     """Every page's input processed first (in a thread pool, timed apart), then all added to the engine
@@ -820,7 +834,7 @@ def run_engine_core(llm: Any, prompt: str, pages: list, params: Any, workers: in
     seconds = time.perf_counter() - start
     order = sorted(finished.values(), key=lambda o: int(str(o.request_id).split("-")[2]))
     figures = _output_figures(order, seconds)
-    figures.update(steady_pages_per_s=steady_rate(finished_at),
+    figures.update(steady_pages_per_s=steady_rate(finished_at, batch=_max_num_seqs(llm)),
                    large_pages=sum(m == LARGE.name for m in modes or []))
     figures.update(input_processing_wall_s=round(prep_s, 2), input_processing_workers=workers,
                    input_processing_pages_per_s=rate(len(pages), prep_s), add_request_s=round(add_s, 2))
@@ -893,7 +907,7 @@ def run_runner(cfg: Any, engine: Any, hooks: Any, timers: Timers, expected_pages
            "out_tokens": t["tokens"], "out_tokens_per_s": rate(t["tokens"], seconds),
            "engine_active_s": round(span, 2),
            "pages_per_s_engine_active": rate(shared.outputs if shared else 0, span),
-           "steady_pages_per_s": steady_rate(shared.finished_at) if shared else None,
+           "steady_pages_per_s": steady_rate(shared.finished_at, batch=cfg.seqs) if shared else None,
            "engine_restarts": report.get("engine", {}).get("restarts", 0), "engine_factory_calls": len(handed_out),
            "same_pages_as_engine": ocr_pages == expected_pages, "not_instrumented": missing}
     if ocr_pages != expected_pages:

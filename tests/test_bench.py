@@ -308,6 +308,9 @@ def test_steady_rate_leaves_out_the_filling_and_the_tail(fake_vllm):
     times = [10 + i * 0.5 for i in range(80)] + [50 + i for i in range(20)]
     assert fake_vllm.steady_rate(times) == pytest.approx(2.0)
     assert fake_vllm.steady_rate([1.0, 1.0, 1.0, 1.0]) is None and fake_vllm.steady_rate([3.0]) is None
+    # fewer than 3 batches of pages: no steady part to measure
+    assert fake_vllm.steady_rate(times, batch=34) is None
+    assert fake_vllm.steady_rate(times, batch=33) == pytest.approx(2.0)
 
 
 def test_spread_lengths_are_the_same_pages_in_every_run(tmp_path, fake_vllm):
