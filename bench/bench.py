@@ -692,6 +692,7 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
         # ---- (b) the full runner, same engine
         _reset_encoder_cache(llm)
         monitor.set_phase("runner")
+        say(f"runner: starting on {n_ocr} pages ...")
         res["runner"] = run_runner(ecfg, engine, hooks, timers, n_ocr)
         say(f"runner: {res['runner']}")
     finally:

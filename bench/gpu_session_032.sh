@@ -5,7 +5,8 @@
 #   RUNNER  v2 (vLLM's default on CUDA) or v1 (VLLM_USE_V2_MODEL_RUNNER=0)
 #   EXTRA   more bench flags, commas for spaces (e.g. --ngram-size,0 or --ngram-impl,vllm)
 # Special rows: `guard` runs bench/ngram_bench.py on the GPU; `profile` (as EXTRA word `+profile`)
-# samples the engine core with py-spy for 12 s of the steady engine-core run (bench/profile_split.py).
+# samples the engine core with py-spy for 12 s of the steady engine-core run (bench/profile_split.py);
+# `+rprofile` samples the engine core and the runner's own process (all its threads) in the runner phase.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
 OUT=${OUT:-/tmp/out}
@@ -17,15 +18,22 @@ BATCH=${BATCH:-256}
 ATTN=(--attention-backend TRITON_ATTN --mm-encoder-attn-backend TORCH_SDPA)
 [ -f /tmp/ckpt/config.json ] || python3 bench/make_full_ckpt.py /tmp/ckpt bench/deepseek_ocr_config.json >/dev/null
 
-profile() {  # log file: wait for the engine-core run, then sample the engine core for 12 s
-  local log=$1 name=$2 pid
-  for _ in $(seq 600); do grep -q "engine core: .* pre-processed pages" "$log" 2>/dev/null && break; sleep 1; done
-  sleep 6
+spy() {  # pid file: 12 s of py-spy samples of every thread of one process
+  /tmp/site/bin/py-spy record --format raw --idle --threads --full-filenames -r 50 -d 12 -p "$1" -o "$2" \
+    >/dev/null 2>&1 || py-spy record --format raw --idle --threads --full-filenames -r 50 -d 12 -p "$1" \
+    -o "$2" >/dev/null 2>&1
+}
+
+profile() {  # log file, name, phase (core|runner): wait for that phase, then sample the engine core for 12 s
+  local log=$1 name=$2 phase=${3:-core} pid mark="engine core: .* pre-processed pages" wait_s=6
+  [ "$phase" = runner ] && { mark="runner: starting"; wait_s=8; name=$name-runner; }
+  for _ in $(seq 600); do grep -q "$mark" "$log" 2>/dev/null && break; sleep 1; done
+  sleep $wait_s
   pid=$(pgrep -f "VLLM::EngineCore" | head -1)
   [ -n "$pid" ] || { echo "profile: no engine core"; return; }
-  /tmp/site/bin/py-spy record --format raw --idle --threads --full-filenames -r 50 -d 12 -p "$pid" \
-    -o "$OUT/$name-pyspy.txt" >/dev/null 2>&1 || py-spy record --format raw --idle --threads \
-    --full-filenames -r 50 -d 12 -p "$pid" -o "$OUT/$name-pyspy.txt" >/dev/null 2>&1
+  if [ "$phase" = runner ]; then spy "$(pgrep -f "bench/bench.py" | head -1)" "$OUT/$name-main-pyspy.txt" & fi
+  spy "$pid" "$OUT/$name-pyspy.txt"
+  wait
   python3 bench/profile_split.py "$OUT/$name-pyspy.txt" --json "$OUT/$name-split.json"
 }
 
@@ -40,11 +48,12 @@ for job in "$@"; do
   env=()
   [ "$runner" = v1 ] && env=(VLLM_USE_V2_MODEL_RUNNER=0)
   flags=${extra//,/ }
-  want_profile=0
+  want_profile=0 phase=core
+  [[ $flags == *+rprofile* ]] && { want_profile=1; phase=runner; flags=${flags//+rprofile/}; }
   [[ $flags == *+profile* ]] && { want_profile=1; flags=${flags//+profile/}; }
   log="$OUT/$name.log"
   prof=
-  if [ $want_profile = 1 ]; then profile "$log" "$name" > "$OUT/$name-profile.txt" 2>&1 & prof=$!; fi
+  if [ $want_profile = 1 ]; then profile "$log" "$name" "$phase" > "$OUT/$name-profile.txt" 2>&1 & prof=$!; fi
   # shellcheck disable=SC2086  # flags is a list
   env "${env[@]}" timeout 400 python3 bench/bench.py --model /tmp/ckpt --load-format dummy --generate "$PAGES" \
     --corpus-dir /tmp/corpus-bench --force-tokens "$TOKENS" --batch-pages "$BATCH" --kv-cache-dtype fp8 \
@@ -54,5 +63,5 @@ for job in "$@"; do
   [ -n "$prof" ] && { sleep 1; kill "$prof" 2>/dev/null; wait "$prof" 2>/dev/null; }
   grep -m3 -E "V2 Model Runner|V1 Model Runner|model runner|guard" "$log" | cut -c1-200
   sed -n '/^=\{86\}$/,/^=\{86\}$/p' "$log" | grep -vE "^ {2}(main|threads|workers|bench|stage|[a-z_.+ ]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+$)" | cut -c1-300
-  [ -f "$OUT/$name-split.json" ] && cat "$OUT/$name-profile.txt"
+  [ -f "$OUT/$name-split.json" ] || [ -f "$OUT/$name-runner-split.json" ] && cat "$OUT/$name-profile.txt"
 done
