@@ -119,5 +119,22 @@ def test_slicing_patch_can_be_turned_off(monkeypatch, patched):
     monkeypatch.setattr(type(graphs), vision_modes.PATCH_FLAG, False)
     monkeypatch.setenv(encoder_graphs.SLICE_ENV, "0")
     from vllm.model_executor.models import deepseek_ocr as m
-    assert encoder_graphs.install(m, type(graphs), vision_modes.is_gundam_batch, vision_modes.PATCH_FLAG)
+    assert encoder_graphs.install(m, type(graphs), vision_modes.is_gundam_batch, vision_modes.PATCH_FLAG, [])
     assert cls.select_encoder_cudagraph_items is vllm_select
+
+
+def test_without_vllms_slicing_method_mixed_batches_are_still_split(monkeypatch, patched):
+    """On a vLLM whose DeepSeek-OCR lacks the slicing method, only the slicing stays vLLM's: a batch with a
+    Large view still never reaches the graphs, which were captured for Gundam views."""
+    graphs, replayed, _, vllm_select = patched
+    cls = type(graphs.model)
+    monkeypatch.setattr(cls, "select_encoder_cudagraph_items", vllm_select)
+    monkeypatch.setattr(type(graphs), "execute", type(graphs).execute.__wrapped__)
+    monkeypatch.setattr(type(graphs), vision_modes.PATCH_FLAG, False)
+    from vllm.model_executor.models import deepseek_ocr as m
+    assert encoder_graphs.install(m, type(graphs), vision_modes.is_gundam_batch, vision_modes.PATCH_FLAG,
+                                  list(encoder_graphs.NEEDED))
+    assert cls.select_encoder_cudagraph_items is vllm_select
+    large = {"pixel_values": torch.zeros(1, 3, 1280, 1280), "images_crop": torch.zeros(0, 3, 640, 640),
+             "images_spatial_crop": torch.ones(1, 2, dtype=torch.long)}
+    assert graphs.execute(large) is None and replayed == []

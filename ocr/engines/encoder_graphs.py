@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # What this module relies on in vLLM 0.32 (vllm/model_executor/models/deepseek_ocr.py and
 # vllm/v1/worker/encoder_cudagraph.py).
-NEEDED = ("DeepseekOCRForCausalLM.select_encoder_cudagraph_items", "DeepseekOCRForCausalLM.embed_multimodal")
+NEEDED = ("DeepseekOCRForCausalLM.select_encoder_cudagraph_items",)
 # Set to "0" to keep vLLM's own batch slicing (to measure the blocking copy against this one).
 SLICE_ENV = "OCR_ENCODER_SLICE_PATCH"
 
@@ -124,17 +124,15 @@ def make_execute(original, m: Any, is_gundam_batch):
     return execute
 
 
-def install(m: Any, graphs: Any, is_gundam_batch, flag: str) -> bool:
-    """Patch the model's batch slicing and the graph manager's execute; False if this vLLM lacks them."""
-    missing = [name for name in NEEDED if not _has(m, name)]
-    if graphs is None or missing:
-        if graphs is not None:
-            log.warning("encoder graphs: this vLLM's DeepSeek-OCR lacks %s; batches are sliced as vLLM does",
-                        ", ".join(missing))
+def install(m: Any, graphs: Any, is_gundam_batch, flag: str, missing: list[str]) -> bool:
+    """Patch the graph manager's execute and the model's batch slicing; False on a vLLM without encoder
+    graphs (`missing`: the names of NEEDED the caller did not find in `m`; the slicing is then vLLM's)."""
+    if graphs is None or getattr(graphs, flag, False):
         return False
-    if getattr(graphs, flag, False):
-        return False
-    if os.environ.get(SLICE_ENV, "1") != "0":
+    if missing:
+        log.warning("encoder graphs: this vLLM's DeepSeek-OCR lacks %s; batches are sliced as vLLM does",
+                    ", ".join(missing))
+    elif os.environ.get(SLICE_ENV, "1") != "0":
         select = make_select(m)
         select.__wrapped__ = m.DeepseekOCRForCausalLM.select_encoder_cudagraph_items     # vLLM's, for tests
         m.DeepseekOCRForCausalLM.select_encoder_cudagraph_items = select
@@ -144,11 +142,3 @@ def install(m: Any, graphs: Any, is_gundam_batch, flag: str) -> bool:
     setattr(graphs, flag, True)
     return True
 
-
-def _has(module: Any, dotted: str) -> bool:
-    obj = module
-    for part in dotted.split("."):
-        if not hasattr(obj, part):
-            return False
-        obj = getattr(obj, part)
-    return True

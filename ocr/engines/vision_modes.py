@@ -124,7 +124,8 @@ def install() -> bool:
     proc_cls._get_prompt_updates = _make_prompt_updates(m)
     proc_cls._call_hf_processor = _make_call_hf_processor(proc_cls._call_hf_processor, m)
     model_cls.embed_multimodal = _make_embed_multimodal(model_cls.embed_multimodal)
-    encoder_graphs.install(m, _graph_manager(), is_gundam_batch, PATCH_FLAG)
+    encoder_graphs.install(m, _graph_manager(), is_gundam_batch, PATCH_FLAG,
+                           [name for name in encoder_graphs.NEEDED if not _has(m, name)])
     setattr(proc_cls, PATCH_FLAG, True)
     setattr(model_cls, PATCH_FLAG, True)
     log.info("%s: DeepSeek-OCR vision modes per request enabled (pid %d)", PLUGIN_NAME, os.getpid())
