@@ -23,7 +23,7 @@ produces a 1280x1280 view; only two things stop such a request from working:
   with vLLM's encoder CUDA graphs on (`compilation_config.cudagraph_mm_encoder`, sized for Gundam's 1024
   view and 640 crops), the graph manager replays a mixed batch's Gundam items and has the others encoded
   eagerly, and declines a batch of other views only (both model runners then encode it eagerly);
-  `ocr/engines/encoder_graphs.py` also takes a blocking copy out of vLLM's batch slicing.
+  `ocr/engines/vision_encoder.py` also takes a blocking copy out of vLLM's batch slicing.
 
 Gundam requests are untouched (the same count, the same tensors). SAM and CLIP interpolate their position
 embeddings to the input size (`get_abs_pos`, `get_rel_pos` in vllm/model_executor/models/deepencoder.py),
@@ -73,7 +73,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from . import encoder_graphs
+from . import vision_encoder
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,9 @@ def install() -> bool:
     proc_cls._get_prompt_updates = _make_prompt_updates(m)
     proc_cls._call_hf_processor = _make_call_hf_processor(proc_cls._call_hf_processor, m)
     model_cls.embed_multimodal = _make_embed_multimodal(model_cls.embed_multimodal)
-    encoder_graphs.install(m, _graph_manager(), is_gundam_batch, PATCH_FLAG,
-                           [name for name in encoder_graphs.NEEDED if not _has(m, name)])
+    vision_encoder.install_eager(m, [name for name in vision_encoder.EAGER_NEEDED if not _has(m, name)])
+    vision_encoder.install(m, _graph_manager(), is_gundam_batch, PATCH_FLAG,
+                           [name for name in vision_encoder.NEEDED if not _has(m, name)])
     setattr(proc_cls, PATCH_FLAG, True)
     setattr(model_cls, PATCH_FLAG, True)
     log.info("%s: DeepSeek-OCR vision modes per request enabled (pid %d)", PLUGIN_NAME, os.getpid())

@@ -1,5 +1,6 @@
-"""vLLM 0.32's encoder CUDA graphs with DeepSeek-OCR: the batch slicing without a blocking copy selects
-exactly what vLLM's does, and a batch mixing Large and Gundam views has its Gundam pages replayed."""
+"""DeepSeek-OCR's vision encoder in vLLM 0.32: the eager per-page steps and the encoder-graph batch slicing
+without host syncs compute exactly what vLLM's do, and under encoder graphs a batch mixing Large and Gundam
+views has its Gundam pages replayed."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 
 import pytest
 
-from ocr.engines import encoder_graphs, vision_modes
+from ocr.engines import vision_encoder, vision_modes
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("vllm")
@@ -19,7 +20,8 @@ def patched(monkeypatch):
     from vllm.model_executor.models import deepseek_ocr as m
     from vllm.v1.worker.encoder_cudagraph import EncoderCudaGraphManager as Graphs
     for cls, names in {m.DeepseekOCRMultiModalProcessor: ("_get_prompt_updates", "_call_hf_processor"),
-                       m.DeepseekOCRForCausalLM: ("embed_multimodal", "select_encoder_cudagraph_items"),
+                       m.DeepseekOCRForCausalLM: ("embed_multimodal", "select_encoder_cudagraph_items",
+                                                  "_pixel_values_to_embedding", "_encode_local_features"),
                        Graphs: ("execute",)}.items():
         for name in names:
             current = getattr(cls, name)
@@ -46,7 +48,7 @@ def patched(monkeypatch):
 def batch(grids: list[tuple[int, int]], rng: random.Random) -> dict:
     """An encoder batch as vLLM 0.32 hands it over: stacked 1024 views, the crops of all tiled pages in one
     tensor, the tile grids on the CPU; every view and crop numbered so a mix-up shows."""
-    counts = encoder_graphs.crop_counts(grids)
+    counts = vision_encoder.crop_counts(grids)
     views = torch.stack([torch.full((3, 8, 8), float(i)) for i in range(len(grids))])
     crops = torch.arange(sum(counts) * 3 * 4 * 4, dtype=torch.float32).reshape(-1, 3, 4, 4)
     return {"pixel_values": views + rng.random(), "images_crop": crops,
@@ -117,9 +119,9 @@ def test_slicing_patch_can_be_turned_off(monkeypatch, patched):
     cls = type(graphs.model)
     monkeypatch.setattr(cls, "select_encoder_cudagraph_items", vllm_select)
     monkeypatch.setattr(type(graphs), vision_modes.PATCH_FLAG, False)
-    monkeypatch.setenv(encoder_graphs.SLICE_ENV, "0")
+    monkeypatch.setenv(vision_encoder.SLICE_ENV, "0")
     from vllm.model_executor.models import deepseek_ocr as m
-    assert encoder_graphs.install(m, type(graphs), vision_modes.is_gundam_batch, vision_modes.PATCH_FLAG, [])
+    assert vision_encoder.install(m, type(graphs), vision_modes.is_gundam_batch, vision_modes.PATCH_FLAG, [])
     assert cls.select_encoder_cudagraph_items is vllm_select
 
 
@@ -132,9 +134,67 @@ def test_without_vllms_slicing_method_mixed_batches_are_still_split(monkeypatch,
     monkeypatch.setattr(type(graphs), "execute", type(graphs).execute.__wrapped__)
     monkeypatch.setattr(type(graphs), vision_modes.PATCH_FLAG, False)
     from vllm.model_executor.models import deepseek_ocr as m
-    assert encoder_graphs.install(m, type(graphs), vision_modes.is_gundam_batch, vision_modes.PATCH_FLAG,
-                                  list(encoder_graphs.NEEDED))
+    assert vision_encoder.install(m, type(graphs), vision_modes.is_gundam_batch, vision_modes.PATCH_FLAG,
+                                  list(vision_encoder.NEEDED))
     assert cls.select_encoder_cudagraph_items is vllm_select
     large = {"pixel_values": torch.zeros(1, 3, 1280, 1280), "images_crop": torch.zeros(0, 3, 640, 640),
              "images_spatial_crop": torch.ones(1, 2, dtype=torch.long)}
     assert graphs.execute(large) is None and replayed == []
+
+
+class FakeEncoder:
+    """Small stand-ins for SAM, CLIP and the projector, with the shapes vLLM's DeepSeek-OCR code expects,
+    so vLLM's per-page methods run on the CPU: views 3x16x16, SAM features 3x4x4, 6-wide embeddings."""
+
+    def __init__(self, m, ours: bool):
+        torch.manual_seed(0)
+        cls = m.DeepseekOCRForCausalLM
+        pick = (lambda name: getattr(cls, name)) if ours else \
+            (lambda name: getattr(getattr(cls, name), "__wrapped__", getattr(cls, name)))
+        self._encode_global_features = cls._encode_global_features.__get__(self)
+        self._assemble_patch_grid = cls._assemble_patch_grid.__get__(self)
+        self._encode_local_features = pick("_encode_local_features").__get__(self)
+        self.to_embedding = pick("_pixel_values_to_embedding").__get__(self)
+        self.clip = torch.randn(3, 5)
+        self.projector = torch.nn.Linear(8, 6)
+        self.image_newline, self.view_seperator = torch.randn(6), torch.randn(6)
+
+    def sam_model(self, x):
+        return torch.nn.functional.avg_pool2d(x, 4)
+
+    def vision_model(self, x, sam):
+        tokens = sam.flatten(2).permute(0, 2, 1) @ self.clip
+        return torch.cat([tokens.mean(1, keepdim=True), tokens], dim=1)
+
+
+def test_eager_steps_compute_what_vllms_compute(patched):
+    """vLLM's per-page eager encoder against ours (a slice for the list index, the crop count for the sum
+    read back), over random mixes of untiled and tiled pages: the same embeddings, bit for bit."""
+    from vllm.model_executor.models import deepseek_ocr as m
+    theirs, ours = FakeEncoder(m, ours=False), FakeEncoder(m, ours=True)
+    assert ours.to_embedding.__func__ is vision_encoder.pixel_values_to_embedding
+    rng = random.Random(3)
+    for _ in range(20):
+        grids = [rng.choice([(1, 1), (2, 2), (2, 3), (3, 1)]) for _ in range(rng.randint(1, 5))]
+        count = sum(vision_encoder.crop_counts(grids))
+        views, crops = torch.randn(len(grids), 3, 16, 16), torch.randn(count, 3, 16, 16)
+        grid = torch.tensor(grids, dtype=torch.long)
+        with torch.no_grad():
+            want, got = theirs.to_embedding(views, crops, grid), ours.to_embedding(views, crops, grid)
+        assert len(got) == len(want) == len(grids)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_a_page_whose_crops_sum_to_zero_keeps_its_crops(patched):
+    """vLLM's eager encoder drops a tiled page's crops when their pixel sum is exactly 0 (half black, half
+    white), which leaves fewer embeddings than the prompt has placeholders; ours counts the crops."""
+    from vllm.model_executor.models import deepseek_ocr as m
+    theirs, ours = FakeEncoder(m, ours=False), FakeEncoder(m, ours=True)
+    crops = torch.ones(4, 3, 16, 16)
+    crops[:, :, :8] = -1.0                                      # normalised black over white: sum 0
+    views, grid = torch.randn(1, 3, 16, 16), torch.tensor([[2, 2]])
+    with torch.no_grad():
+        (want,), (got,) = theirs.to_embedding(views, crops, grid), ours.to_embedding(views, crops, grid)
+    global_rows = 4 * 5 + 1                                     # 4x4 grid, a newline per row, separator
+    assert want.shape[0] == global_rows
+    assert got.shape[0] == global_rows + 8 * 9                  # 2x2 tiles of 4x4: 8 rows of 8 + newline

@@ -1,5 +1,5 @@
-"""DeepSeek-OCR under vLLM 0.32's encoder CUDA graphs: no host sync when a batch is sliced, and the Gundam
-pages of a batch that holds a Large view still replayed, the Large ones encoded eagerly beside them.
+"""DeepSeek-OCR's vision encoder in vLLM 0.32 without host syncs in its per-page steps, and, under encoder
+CUDA graphs, the Gundam pages of a batch that holds a Large view replayed, the Large ones encoded eagerly.
 
 Why (measured, bench/results/2026-12-01-h200/README.md, session 7): at 256 pages in flight the engine core's
 one thread spent 27% of its time on one line of `DeepseekOCRForCausalLM.select_encoder_cudagraph_items`,
@@ -8,6 +8,14 @@ blocking copy, so the thread waits there for all the GPU work queued before it, 
 overlap of CPU and GPU is lost on every step that encodes a page. Here the index goes up from pinned memory
 without blocking (or is not needed at all when the batch is every item in order); the rest of vLLM's
 method is unchanged (the tile grid, `images_spatial_crop`, is a CPU tensor there: `keep_on_cpu`).
+
+The eager encoder (vLLM's default; Large views under graphs) waits twice per page the same way:
+`pixel_values[[jdx]]` in `_pixel_values_to_embedding`, and `torch.sum(patches).item() == 0` in
+`_encode_local_features`, which reads a sum back from the GPU only to learn whether the page has crops
+(the graph path asks the tile grid, as this one now does: the crop count). Between the two waits the
+thread queues one page's SAM and CLIP kernels, so the GPU runs a page only after its launches and the
+thread launches the next only after the GPU is done. Both methods are vLLM's code with those two lines
+changed: a slice for the list index, the crop count for the sum.
 
 Mixed batches: a 1280 Large view cannot share the graphs captured for 1024 views, and `vision_modes` made the
 graph manager decline such a batch, so every page in it was encoded eagerly (at 128 in flight with every 16th
@@ -27,16 +35,51 @@ log = logging.getLogger(__name__)
 # What this module relies on in vLLM 0.32 (vllm/model_executor/models/deepseek_ocr.py and
 # vllm/v1/worker/encoder_cudagraph.py).
 NEEDED = ("DeepseekOCRForCausalLM.select_encoder_cudagraph_items",)
-# Set to "0" to keep vLLM's own batch slicing (to measure the blocking copy against this one).
+EAGER_NEEDED = ("DeepseekOCRForCausalLM._pixel_values_to_embedding", "DeepseekOCRForCausalLM._encode_local_features",
+                "DeepseekOCRForCausalLM._encode_global_features", "DeepseekOCRForCausalLM._assemble_patch_grid")
+# Set to "0" to keep vLLM's own slicing and eager per-page steps (to measure their host syncs against these).
 SLICE_ENV = "OCR_ENCODER_SLICE_PATCH"
 
 
 def _device_index(indices: list[int], device: Any):
     import torch
-    index = torch.tensor(indices, dtype=torch.long)
     if getattr(device, "type", "cpu") == "cpu":
-        return index
-    return index.pin_memory().to(device, non_blocking=True)    # no wait for the GPU's queue
+        return torch.tensor(indices, dtype=torch.long)
+    from vllm.utils.torch_utils import async_tensor_h2d
+    return async_tensor_h2d(indices, device, torch.long)    # pinned when it can be: no wait for the queue
+
+
+# --- the eager encoder, a page at a time ---------------------------------------------------------------
+
+def encode_local_features(self, patches, crop_shape):
+    """vLLM 0.32's `_encode_local_features`; "no crops" is told by the crop count, not a sum read back."""
+    import torch
+    if patches.shape[0] == 0:
+        return None
+    local_features_1 = self.sam_model(patches)
+    local_features_2 = self.vision_model(patches, local_features_1)
+    features = torch.cat((local_features_2[:, 1:], local_features_1.flatten(2).permute(0, 2, 1)), dim=-1)
+    features = self.projector(features)
+    return self._assemble_patch_grid(features, crop_shape)
+
+
+def pixel_values_to_embedding(self, pixel_values, images_crop, images_spatial_crop):
+    """vLLM 0.32's `_pixel_values_to_embedding`; each page's view is a slice, not a list index."""
+    import torch
+    images_in_this_batch = []
+    is_tiled = (images_spatial_crop[:, 0] > 1) | (images_spatial_crop[:, 1] > 1)
+    patches_per_image = torch.where(is_tiled, images_spatial_crop.prod(dim=-1), 0)
+    images_crop = images_crop.split(patches_per_image.tolist())
+    for jdx in range(images_spatial_crop.size(0)):
+        patches = images_crop[jdx]
+        crop_shape = images_spatial_crop[jdx]
+        global_features = self._encode_global_features(pixel_values[jdx:jdx + 1])
+        local_features = self._encode_local_features(patches, crop_shape)
+        parts = [global_features, self.view_seperator[None, :]]
+        if local_features is not None:
+            parts.insert(0, local_features)
+        images_in_this_batch.append(torch.cat(parts, dim=0))
+    return images_in_this_batch
 
 
 def crop_counts(tiles: list) -> list[int]:
@@ -44,7 +87,7 @@ def crop_counts(tiles: list) -> list[int]:
     return [int(w) * int(h) if (w > 1 or h > 1) else 0 for w, h in tiles]
 
 
-def make_select(m: Any):
+def make_select():
     """`select_encoder_cudagraph_items` as in vLLM 0.32, with the blocking list index taken out."""
     def select_encoder_cudagraph_items(self, mm_kwargs: dict[str, Any], indices: list[int]) -> dict[str, Any]:
         import torch
@@ -118,10 +161,29 @@ def make_execute(original, m: Any, is_gundam_batch):
             encoded = original(self, part) if replayable else None
             if encoded is None:
                 encoded = self.model.embed_multimodal(**part)
+                self.graph_misses = getattr(self, "graph_misses", 0) + len(idx)
             for i, tensor in zip(idx, encoded):
                 out[i] = tensor
         return out
     return execute
+
+
+def install_eager(m: Any, missing: list[str]) -> bool:
+    """Patch the eager encoder's per-page steps; False (vLLM's own kept, with a warning) if `m` lacks
+    any of EAGER_NEEDED (`missing`)."""
+    if missing:
+        log.warning("vision encoder: this vLLM's DeepSeek-OCR lacks %s; its eager encoder stays as it is",
+                    ", ".join(missing))
+        return False
+    if os.environ.get(SLICE_ENV, "1") == "0":
+        return False
+    cls = m.DeepseekOCRForCausalLM
+    for name, new in (("_pixel_values_to_embedding", pixel_values_to_embedding),
+                      ("_encode_local_features", encode_local_features)):
+        if getattr(cls, name) is not new:
+            new.__wrapped__ = getattr(cls, name)         # vLLM's, for tests
+            setattr(cls, name, new)
+    return True
 
 
 def install(m: Any, graphs: Any, is_gundam_batch, flag: str, missing: list[str]) -> bool:
@@ -133,7 +195,7 @@ def install(m: Any, graphs: Any, is_gundam_batch, flag: str, missing: list[str])
         log.warning("encoder graphs: this vLLM's DeepSeek-OCR lacks %s; batches are sliced as vLLM does",
                     ", ".join(missing))
     elif os.environ.get(SLICE_ENV, "1") != "0":
-        select = make_select(m)
+        select = make_select()
         select.__wrapped__ = m.DeepseekOCRForCausalLM.select_encoder_cudagraph_items     # vLLM's, for tests
         m.DeepseekOCRForCausalLM.select_encoder_cudagraph_items = select
     execute = make_execute(graphs.execute, m, is_gundam_batch)
