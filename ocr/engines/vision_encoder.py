@@ -45,7 +45,10 @@ def _device_index(indices: list[int], device: Any):
     import torch
     if getattr(device, "type", "cpu") == "cpu":
         return torch.tensor(indices, dtype=torch.long)
-    from vllm.utils.torch_utils import async_tensor_h2d
+    try:
+        from vllm.utils.torch_utils import async_tensor_h2d
+    except ImportError:             # another vLLM layout: pin here
+        return torch.tensor(indices, dtype=torch.long).pin_memory().to(device, non_blocking=True)
     return async_tensor_h2d(indices, device, torch.long)    # pinned when it can be: no wait for the queue
 
 
