@@ -1239,7 +1239,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--memory-child needs --pdfs")
     a.engine_runs = [r.strip() for r in re.split(r"[,/]", a.engine_runs) if r.strip()]   # "/": gpu_session_032.sh rows
     if not a.engine_runs or set(a.engine_runs) - {"generate", "core", "core-noguard"}:
-        ap.error("--engine-runs: generate, core, core-noguard (comma-separated)")
+        ap.error("--engine-runs: generate, core, core-noguard (separated by commas or slashes)")
     if "core-noguard" in a.engine_runs and "core" not in a.engine_runs:     # core-noguard alone: core first
         a.engine_runs.insert(a.engine_runs.index("core-noguard"), "core")
     return a

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+from itertools import accumulate
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -90,29 +91,29 @@ def crop_counts(tiles: list) -> list[int]:
     return [int(w) * int(h) if (w > 1 or h > 1) else 0 for w, h in tiles]
 
 
-def make_select():
-    """`select_encoder_cudagraph_items` as in vLLM 0.32, with the blocking list index taken out."""
-    def select_encoder_cudagraph_items(self, mm_kwargs: dict[str, Any], indices: list[int]) -> dict[str, Any]:
-        import torch
-        pixel_values = mm_kwargs["pixel_values"]
-        images_crop = mm_kwargs["images_crop"]
-        grid = mm_kwargs["images_spatial_crop"]
-        if len(indices) == 0:
-            return {"pixel_values": pixel_values[:0], "images_crop": images_crop[:0],
-                    "images_spatial_crop": grid[:0]}
-        counts = crop_counts(grid.tolist() if isinstance(grid, torch.Tensor) else list(grid))
-        starts = [0]
-        for count in counts[:-1]:
-            starts.append(starts[-1] + count)
-        indices = list(indices)
-        if indices == list(range(len(counts))) and sum(counts) == int(images_crop.shape[0]):
-            return {"pixel_values": pixel_values, "images_crop": images_crop, "images_spatial_crop": grid}
-        selected_pv = pixel_values.index_select(0, _device_index(indices, pixel_values.device))
-        selected_ic = torch.cat([images_crop[starts[i]:starts[i] + counts[i]] for i in indices])
-        selected_sp = grid.index_select(0, _device_index(indices, grid.device)) \
-            if isinstance(grid, torch.Tensor) else [grid[i] for i in indices]
-        return {"pixel_values": selected_pv, "images_crop": selected_ic, "images_spatial_crop": selected_sp}
-    return select_encoder_cudagraph_items
+def crop_starts(counts: list[int]) -> list[int]:
+    """Where each image's crops begin in the batch's one crop tensor."""
+    return [0, *accumulate(counts[:-1])] if counts else []
+
+
+def select_encoder_cudagraph_items(self, mm_kwargs: dict[str, Any], indices: list[int]) -> dict[str, Any]:
+    """vLLM 0.32's `select_encoder_cudagraph_items`, with the blocking list index taken out."""
+    import torch
+    pixel_values = mm_kwargs["pixel_values"]
+    images_crop = mm_kwargs["images_crop"]
+    grid = mm_kwargs["images_spatial_crop"]
+    if len(indices) == 0:
+        return {"pixel_values": pixel_values[:0], "images_crop": images_crop[:0], "images_spatial_crop": grid[:0]}
+    counts = crop_counts(grid.tolist() if isinstance(grid, torch.Tensor) else list(grid))
+    starts = crop_starts(counts)
+    indices = list(indices)
+    if indices == list(range(len(counts))) and sum(counts) == int(images_crop.shape[0]):
+        return {"pixel_values": pixel_values, "images_crop": images_crop, "images_spatial_crop": grid}
+    selected_pv = pixel_values.index_select(0, _device_index(indices, pixel_values.device))
+    selected_ic = torch.cat([images_crop[starts[i]:starts[i] + counts[i]] for i in indices])
+    selected_sp = grid.index_select(0, _device_index(indices, grid.device)) \
+        if isinstance(grid, torch.Tensor) else [grid[i] for i in indices]
+    return {"pixel_values": selected_pv, "images_crop": selected_ic, "images_spatial_crop": selected_sp}
 
 
 # --- mixed view sizes: the Gundam items through the graphs, the others eagerly ---------------------------
@@ -127,13 +128,12 @@ def split_batch(mm_kwargs: dict[str, Any], base_size: int, crop_size: int) -> li
     if not isinstance(views, (list, tuple)) or not isinstance(grid, torch.Tensor) or \
             (crops is not None and not isinstance(crops, torch.Tensor)):
         return None
-    tiles = grid.reshape(-1, 2).tolist()
+    grid = grid.reshape(-1, 2)
+    tiles = grid.tolist()
     if len(tiles) != len(views):
         return None
     counts = crop_counts(tiles)
-    starts = [0]
-    for count in counts[:-1]:
-        starts.append(starts[-1] + count)
+    starts = crop_starts(counts)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, view in enumerate(views):
         groups.setdefault(tuple(int(s) for s in view.shape[-3:]), []).append(i)
@@ -141,7 +141,7 @@ def split_batch(mm_kwargs: dict[str, Any], base_size: int, crop_size: int) -> li
     parts = []
     for shape, idx in groups.items():
         part: dict[str, Any] = {"pixel_values": torch.stack([views[i].reshape(shape) for i in idx]),
-                                "images_spatial_crop": grid.reshape(-1, 2)[idx]}
+                                "images_spatial_crop": grid[idx]}
         if crops is not None:
             part["images_crop"] = torch.cat([crops[starts[i]:starts[i] + counts[i]] for i in idx])
         parts.append((gundam_crops and shape[-2:] == (base_size, base_size), idx, part))
@@ -180,13 +180,16 @@ def install_eager(m: Any, missing: list[str]) -> bool:
         return False
     if os.environ.get(SLICE_ENV, "1") == "0":
         return False
-    cls = m.DeepseekOCRForCausalLM
-    for name, new in (("_pixel_values_to_embedding", pixel_values_to_embedding),
-                      ("_encode_local_features", encode_local_features)):
-        if getattr(cls, name) is not new:
-            new.__wrapped__ = getattr(cls, name)         # vLLM's, for tests
-            setattr(cls, name, new)
+    _replace(m.DeepseekOCRForCausalLM, "_pixel_values_to_embedding", pixel_values_to_embedding)
+    _replace(m.DeepseekOCRForCausalLM, "_encode_local_features", encode_local_features)
     return True
+
+
+def _replace(cls: Any, name: str, new: Any) -> None:
+    """cls.name = new, vLLM's method kept as new.__wrapped__ (the tests compare against it)."""
+    if getattr(cls, name) is not new:
+        new.__wrapped__ = getattr(cls, name)
+        setattr(cls, name, new)
 
 
 def install(m: Any, graphs: Any, is_gundam_batch, flag: str, missing: list[str]) -> bool:
@@ -198,9 +201,7 @@ def install(m: Any, graphs: Any, is_gundam_batch, flag: str, missing: list[str])
         log.warning("encoder graphs: this vLLM's DeepSeek-OCR lacks %s; batches are sliced as vLLM does",
                     ", ".join(missing))
     elif os.environ.get(SLICE_ENV, "1") != "0":
-        select = make_select()
-        select.__wrapped__ = m.DeepseekOCRForCausalLM.select_encoder_cudagraph_items     # vLLM's, for tests
-        m.DeepseekOCRForCausalLM.select_encoder_cudagraph_items = select
+        _replace(m.DeepseekOCRForCausalLM, "select_encoder_cudagraph_items", select_encoder_cudagraph_items)
     execute = make_execute(graphs.execute, m, is_gundam_batch)
     execute.__wrapped__ = graphs.execute
     graphs.execute = execute

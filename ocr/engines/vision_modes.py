@@ -237,7 +237,7 @@ def _make_embed_multimodal(original):
         for i, view in enumerate(pixel_values):
             tiles = spatial[i] if isinstance(spatial, torch.Tensor) else torch.as_tensor(spatial[i])
             tiles = tiles.reshape(-1)
-            count = int(tiles.prod()) if (tiles[0] > 1 or tiles[1] > 1) else 0
+            count = vision_encoder.crop_counts([tiles.tolist()])[0]
             if isinstance(crops, (list, tuple)):
                 own = crops[i]
             else:
