@@ -20,6 +20,9 @@ Engine mode, in this order, all in this process:
      core-noguard  the same again in the same load, every request without the n-gram guard's extra_args
               (the guard's own cost, free of load-to-load noise; a logits processor that vLLM merely
               has loaded still costs what it costs while idle)
+     core-vllmenc  the same again in the same load with vLLM's own vision-encoder code: the runner's
+              host-sync fixes (ocr/engines/vision_encoder.py) switched off in the engine's workers for
+              the run, through LLM.collective_rpc (needs VLLM_ALLOW_INSECURE_SERIALIZATION=1, set here)
               --large-every K: every K-th page of the core runs is a Large-mode request (1280 view)
               then ocr.finish.finish_page and the runner's journal/Markdown writes over those outputs
   5. runner   ocr.cli.run(cfg, engine_factory) over the same folder with a factory that hands out the
@@ -43,6 +46,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import hashlib
 import json
 import os
 import platform as pyplatform
@@ -668,18 +672,18 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
         elif "core" in a.engine_runs:
             modes = page_modes(a.large_every, len(pages), engine.caps.vision_modes)
             for run in [r for r in a.engine_runs if r.startswith("core")]:      # in the order given
-                guarded = run == "core"
-                name = "engine_core" if guarded else "engine_core_noguard"
+                name, what = CORE_RUNS[run]
                 _reset_encoder_cache(llm)
                 monitor.set_phase(name)
-                say(f"engine core: {len(pages)} pre-processed pages ..." if guarded else
-                    f"engine core without the guard's extra_args: {len(pages)} pages ...")
-                res[name], core_comps = run_engine_core(llm, prompt, pages,
-                                                        page_params if guarded else without_guard(page_params),
-                                                        cfg.preprocess_workers, timers, modes)
-                if guarded:
+                say(f"engine core{what}: {len(pages)} pre-processed pages ...")
+                with vllm_encoder_code(llm, run == "core-vllmenc") as encoder_code:
+                    res[name], core_comps = run_engine_core(
+                        llm, prompt, pages, without_guard(page_params) if run == "core-noguard" else page_params,
+                        cfg.preprocess_workers, timers, modes)
+                res[name]["encoder_code"] = encoder_code
+                if run == "core":
                     comps = comps or core_comps
-                say(f"engine core: {res[name]}" if guarded else f"engine core, no guard: {res[name]}")
+                say(f"engine core{what}: {res[name]}")
                 _dump_partial(a, res)
 
         monitor.set_phase("finish_write")
@@ -716,9 +720,35 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+# --engine-runs core*: the JSON key of each and how the log names it
+CORE_RUNS = {"core": ("engine_core", ""), "core-noguard": ("engine_core_noguard", " without the guard's extra_args"),
+             "core-vllmenc": ("engine_core_vllmenc", " with vLLM's own vision-encoder code")}
+
+
+@contextmanager
+def vllm_encoder_code(llm: Any, switch: bool):
+    """With `switch`: the runner's vision-encoder fixes off in every engine worker inside the block, on again
+    after it; yields which code the block ran ("vllm", or why it is still ours), "ours" without `switch`."""
+    if not switch:
+        yield "ours"
+        return
+    from ocr.engines import vision_encoder
+    try:
+        installed = llm.collective_rpc(vision_encoder.set_active, args=(False,))
+    except Exception as exc:          # no VLLM_ALLOW_INSECURE_SERIALIZATION, or an engine without it
+        yield f"ours (could not switch: {type(exc).__name__}: {exc})"
+        return
+    try:
+        yield "vllm" if installed and all(installed) else "vllm (ours was not installed in every worker)"
+    finally:
+        llm.collective_rpc(vision_encoder.set_active, args=(True,))
+
+
 def ratios(res: dict[str, Any]) -> dict[str, Any]:
-    """runner / each engine run, and the guarded engine core / the unguarded one, whole and steady."""
-    pairs = [("runner", name) for name in ("engine", "engine_core")] + [("engine_core", "engine_core_noguard")]
+    """runner / each engine run, the guarded engine core / the unguarded one and / the one with vLLM's
+    encoder code, whole and steady."""
+    pairs = [("runner", name) for name in ("engine", "engine_core")] + \
+        [("engine_core", "engine_core_noguard"), ("engine_core", "engine_core_vllmenc")]
     out = {}
     for top, bottom in pairs:
         t, b = res.get(top), res.get(bottom)
@@ -780,6 +810,7 @@ def _prompts(prompt: str, items: list) -> list[dict[str, Any]]:
 def _output_figures(outs: list, seconds: float) -> dict[str, Any]:
     comps = [o.outputs[0] for o in outs if o.outputs]
     tokens = sum(len(c.token_ids) for c in comps)
+    texts = hashlib.sha1("\x00".join(c.text for c in comps).encode("utf-8")).hexdigest()[:16]
     finish: dict[str, int] = {}
     for c in comps:
         finish[str(c.finish_reason)] = finish.get(str(c.finish_reason), 0) + 1
@@ -787,7 +818,8 @@ def _output_figures(outs: list, seconds: float) -> dict[str, Any]:
     return {"pages": len(outs), "seconds": round(seconds, 2), "pages_per_s": rate(len(outs), seconds),
             "out_tokens": tokens, "out_tokens_per_s": rate(tokens, seconds),
             "out_tokens_per_page": round(tokens / max(len(outs), 1), 1), "finish_reasons": finish,
-            "prompt_tokens_per_page": round(sum(prompt_tokens) / max(len(prompt_tokens), 1), 1)}
+            "prompt_tokens_per_page": round(sum(prompt_tokens) / max(len(prompt_tokens), 1), 1),
+            "texts_sha1": texts}     # the same pages' texts in page order: runs in one load compare
 
 
 def _max_num_seqs(llm: Any) -> int:
@@ -1078,6 +1110,7 @@ def print_engine_summary(res: dict[str, Any]) -> None:
     rows = [("engine (one LLM.generate call)", res.get("engine")),
             ("engine core (pre-processed)", res.get("engine_core")),
             ("engine core, no guard args", res.get("engine_core_noguard")),
+            ("engine core, vLLM's encoder code", res.get("engine_core_vllmenc")),
             ("runner (ocr.cli.run)", {**r, "pages": r["ocr_pages"]})]
     for name, f in rows:
         if f:
@@ -1238,10 +1271,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.memory_child and not a.pdfs:
         ap.error("--memory-child needs --pdfs")
     a.engine_runs = [r.strip() for r in re.split(r"[,/]", a.engine_runs) if r.strip()]   # "/": gpu_session_032.sh rows
-    if not a.engine_runs or set(a.engine_runs) - {"generate", "core", "core-noguard"}:
-        ap.error("--engine-runs: generate, core, core-noguard (separated by commas or slashes)")
-    if "core-noguard" in a.engine_runs and "core" not in a.engine_runs:     # core-noguard alone: core first
-        a.engine_runs.insert(a.engine_runs.index("core-noguard"), "core")
+    if not a.engine_runs or set(a.engine_runs) - {"generate", *CORE_RUNS}:
+        ap.error(f"--engine-runs: generate, {', '.join(CORE_RUNS)} (separated by commas or slashes)")
+    other = [r for r in a.engine_runs if r in CORE_RUNS and r != "core"]
+    if other and "core" not in a.engine_runs:           # core-noguard or core-vllmenc alone: core first
+        a.engine_runs.insert(a.engine_runs.index(other[0]), "core")
+    if "core-vllmenc" in a.engine_runs:     # collective_rpc sends set_active pickled; before the engine starts
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     return a
 
 

@@ -59,6 +59,11 @@ class Config:
     preprocess_workers: int = opt(max(1, min(8, (os.cpu_count() or 2) // 2)), "threads running vLLM's "
                                   "input processor (image tiling, tokenizing) beside the engine", engine="vllm",
                                   output=False, type=int)
+    input_torch_threads: int = opt(1, "torch threads of the runner's process on a GPU, where the input "
+                                   "processor's tensor operations run (0: torch's default, one per core; "
+                                   "each --preprocess-workers thread otherwise starts its own team of one per "
+                                   "core beside the engine's); vLLM's own processes keep theirs",
+                                   engine="vllm", output=False, type=int)
     blank_threshold: int = opt(20, "a page with no text or drawings is skipped as blank when its biggest mark "
                                "holds fewer ink pixels than this (dust on a blank scan: up to ~15, one 8-pt "
                                "digit ~21); higher skips dustier scans, 0 = never skip (docs/reliability.md)",
@@ -282,6 +287,7 @@ def validate(cfg: Config) -> Config:
         (cfg.post_workers >= 1, "--post-workers must be >= 1"),
         (cfg.post_timeout > 0, "--post-timeout must be > 0"),
         (cfg.preprocess_workers >= 1, "--preprocess-workers must be >= 1"),
+        (cfg.input_torch_threads >= 0, "--input-torch-threads must be >= 0"),
         (cfg.max_engine_restarts >= 0, "--max-engine-restarts must be >= 0"),
         (cfg.tensor_parallel_size >= 1, "--tensor-parallel-size must be >= 1"),
         (cfg.retry_large_cap >= 0, "--retry-large-cap must be >= 0"),

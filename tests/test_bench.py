@@ -60,13 +60,14 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.mark.real_engine
 def test_bench_engine_and_runner_on_the_tiny_checkpoint(tmp_path, tiny_checkpoint):
-    """One engine load: LLM.generate over the pre-rendered pages, then the runner with that engine.
-    3 pages, the third blank: 2 pages OCRed by each, 8 forced tokens a page."""
+    """One engine load: LLM.generate over the pre-rendered pages, the engine core twice (our vision-encoder
+    code, then vLLM's), then the runner with that engine. 3 pages, the third blank: 2 pages OCRed by each,
+    8 forced tokens a page."""
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(BENCH), "--model", str(tiny_checkpoint), "--generate", "1x3",
                            "--blank-every", "3", "--dpi", "50", "--force-tokens", "8", "--warmup", "0",
                            "--batch-pages", "2", "--proc-sample", "2", "--render-workers", "1",
-                           "--bench-render-workers", "1", "--engine-runs", "generate", "--json", str(out)],
+                           "--bench-render-workers", "1", "--engine-runs", "generate,core-vllmenc", "--json", str(out)],
                           env=bench_env(), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
@@ -86,7 +87,12 @@ def test_bench_engine_and_runner_on_the_tiny_checkpoint(tmp_path, tiny_checkpoin
     assert runner["not_instrumented"] == []
     ratio = res["ratio"]["runner/engine"]
     assert ratio["pages_per_s"] > 0 and ratio["out_tokens_per_s"] > 0
-    assert "engine_core" not in res
+    # core, then core with vLLM's own encoder code, switched in the engine core through collective_rpc:
+    # the same texts as ours (the runner's fixes change no output), and switched back for the runner
+    ours, theirs = res["engine_core"], res["engine_core_vllmenc"]
+    assert ours["encoder_code"] == "ours" and theirs["encoder_code"] == "vllm"
+    assert ours["pages"] == theirs["pages"] == 2 and theirs["out_tokens"] == 16
+    assert engine["texts_sha1"] == ours["texts_sha1"] == theirs["texts_sha1"]
 
     bench_stages = res["stages"]["bench"]
     for stage, count in (("render", 3), ("blank_check", 3), ("input_processing", 2), ("post_processing", 2),
@@ -164,6 +170,11 @@ class _FakeLLMEngine:
 class _FakeLLM:
     def __init__(self):
         self.llm_engine = _FakeLLMEngine()
+        self.rpc: list[tuple[Any, tuple, int]] = []      # method, args, requests added before the call
+
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+        self.rpc.append((method, args, len(self.llm_engine.added)))
+        return [True]                                   # one worker, the fixes installed there
 
     def generate(self, prompts, params, use_tqdm=False):
         time.sleep(0.05 * len(prompts))
@@ -301,6 +312,32 @@ def test_guard_and_large_mode_runs_in_the_same_load(tmp_path, fake_vllm, monkeyp
     added = _FakeVllmEngine.instances[0].llm.llm_engine.added
     assert all(args is None for _, args, _ in added[:12]) and all(args for _, args, _ in added[12:24])
     assert json.loads(out.read_text())["runner"]["out_tokens"] == 96
+
+
+def test_vllms_encoder_code_runs_in_the_same_load(tmp_path, fake_vllm, monkeypatch):
+    """--engine-runs core-vllmenc: core first, then the same pages with the engine workers switched to vLLM's
+    own vision-encoder code for exactly that run and back after it; the ratio of the two and their texts."""
+    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "0")     # restored after the test
+    monkeypatch.delenv("VLLM_ALLOW_INSECURE_SERIALIZATION")
+    out = tmp_path / "b.json"
+    assert fake_vllm.main(["--model", str(tmp_path / "ckpt"), "--load-format", "dummy", "--generate", "2x6",
+                           "--blank-every", "0", "--dpi", "50", "--force-tokens", "8", "--warmup", "0",
+                           "--batch-pages", "3", "--render-workers", "1", "--bench-render-workers", "1",
+                           "--engine-runs", "core-vllmenc", "--corpus-dir", str(tmp_path / "c"),
+                           "--json", str(out)]) == 0
+    import os
+
+    from ocr.engines import vision_encoder
+    assert os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"      # set before the engine loaded
+    res = json.loads(out.read_text())
+    assert res["settings"]["engine_runs"] == ["core", "core-vllmenc"]
+    assert res["engine_core"]["encoder_code"] == "ours" and res["engine_core_vllmenc"]["encoder_code"] == "vllm"
+    assert res["engine_core"]["texts_sha1"] == res["engine_core_vllmenc"]["texts_sha1"]
+    assert res["ratio"]["engine_core/engine_core_vllmenc"]["pages_per_s"] > 0
+    rpc = _FakeVllmEngine.instances[0].llm.rpc
+    assert [(method, args) for method, args, _ in rpc] == [(vision_encoder.set_active, (False,)),
+                                                          (vision_encoder.set_active, (True,))]
+    assert [added for _, _, added in rpc] == [12, 24]          # switched around the second run's 12 pages
 
 
 def test_steady_rate_leaves_out_the_filling_and_the_tail(fake_vllm):

@@ -198,3 +198,30 @@ def test_a_page_whose_crops_sum_to_zero_keeps_its_crops(patched):
     global_rows = 4 * 5 + 1                                     # 4x4 grid, a newline per row, separator
     assert want.shape[0] == global_rows
     assert got.shape[0] == global_rows + 8 * 9                  # 2x2 tiles of 4x4: 8 rows of 8 + newline
+
+
+def test_switched_off_at_run_time_vllms_code_runs(monkeypatch, patched):
+    """set_active(worker, False), as bench.py's core-vllmenc run sends it through collective_rpc: vLLM's own
+    eager steps and slicing run (the zero-sum page loses its crops again); switched on, ours run again."""
+    from vllm.model_executor.models import deepseek_ocr as m
+    graphs, _, _, vllm_select = patched
+    calls = []
+    monkeypatch.setitem(vision_encoder._original, "select_encoder_cudagraph_items",
+                        lambda *args: calls.append(args) or vllm_select(*args))
+    ours = FakeEncoder(m, ours=True)
+    crops = torch.ones(4, 3, 16, 16)
+    crops[:, :, :8] = -1.0
+    views, grid = torch.randn(1, 3, 16, 16), torch.tensor([[2, 2]])
+    mm = batch([(2, 2), (1, 1)], random.Random(1))
+    try:
+        assert vision_encoder.set_active(None, False) is True          # installed in this process
+        with torch.no_grad():
+            (off,) = ours.to_embedding(views, crops, grid)
+        type(graphs.model).select_encoder_cudagraph_items(graphs.model, mm, [1])
+        assert off.shape[0] == 4 * 5 + 1 and len(calls) == 1
+    finally:
+        vision_encoder.set_active(None, True)
+    with torch.no_grad():
+        (on,) = ours.to_embedding(views, crops, grid)
+    type(graphs.model).select_encoder_cudagraph_items(graphs.model, mm, [1])
+    assert on.shape[0] == 4 * 5 + 1 + 8 * 9 and len(calls) == 1

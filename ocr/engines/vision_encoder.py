@@ -40,6 +40,17 @@ EAGER_NEEDED = ("DeepseekOCRForCausalLM._pixel_values_to_embedding", "DeepseekOC
                 "DeepseekOCRForCausalLM._encode_global_features", "DeepseekOCRForCausalLM._assemble_patch_grid")
 # Set to "0" to keep vLLM's own slicing and eager per-page steps (to measure their host syncs against these).
 SLICE_ENV = "OCR_ENCODER_SLICE_PATCH"
+# Switched at run time by set_active (bench.py's core-vllmenc run: vLLM's code and ours in one engine load,
+# free of the ±10% load-to-load noise); vLLM's methods run while it is False.
+_active = [True]
+_original: dict[str, Any] = {}
+
+
+def set_active(worker: Any = None, on: bool = True) -> bool:
+    """Our slicing and eager steps on (or vLLM's own, off) in this process; True if they are installed
+    here. The signature of a `collective_rpc` callable: vLLM passes the worker first."""
+    _active[0] = bool(on)
+    return bool(_original)
 
 
 def _device_index(indices: list[int], device: Any):
@@ -58,6 +69,8 @@ def _device_index(indices: list[int], device: Any):
 def encode_local_features(self, patches, crop_shape):
     """vLLM 0.32's `_encode_local_features`; "no crops" is told by the crop count, not a sum read back."""
     import torch
+    if not _active[0]:
+        return _original["_encode_local_features"](self, patches, crop_shape)
     if patches.shape[0] == 0:
         return None
     local_features_1 = self.sam_model(patches)
@@ -70,6 +83,8 @@ def encode_local_features(self, patches, crop_shape):
 def pixel_values_to_embedding(self, pixel_values, images_crop, images_spatial_crop):
     """vLLM 0.32's `_pixel_values_to_embedding`; each page's view is a slice, not a list index."""
     import torch
+    if not _active[0]:
+        return _original["_pixel_values_to_embedding"](self, pixel_values, images_crop, images_spatial_crop)
     images_in_this_batch = []
     is_tiled = (images_spatial_crop[:, 0] > 1) | (images_spatial_crop[:, 1] > 1)
     patches_per_image = torch.where(is_tiled, images_spatial_crop.prod(dim=-1), 0)
@@ -99,6 +114,8 @@ def crop_starts(counts: list[int]) -> list[int]:
 def select_encoder_cudagraph_items(self, mm_kwargs: dict[str, Any], indices: list[int]) -> dict[str, Any]:
     """vLLM 0.32's `select_encoder_cudagraph_items`, with the blocking list index taken out."""
     import torch
+    if not _active[0]:
+        return _original["select_encoder_cudagraph_items"](self, mm_kwargs, indices)
     pixel_values = mm_kwargs["pixel_values"]
     images_crop = mm_kwargs["images_crop"]
     grid = mm_kwargs["images_spatial_crop"]
@@ -188,7 +205,7 @@ def install_eager(m: Any, missing: list[str]) -> bool:
 def _replace(cls: Any, name: str, new: Any) -> None:
     """cls.name = new, vLLM's method kept as new.__wrapped__ (the tests compare against it)."""
     if getattr(cls, name) is not new:
-        new.__wrapped__ = getattr(cls, name)
+        new.__wrapped__ = _original[name] = getattr(cls, name)
         setattr(cls, name, new)
 
 

@@ -243,6 +243,19 @@ def table_tag_ids(tokenizer: Any) -> set[int]:
     return {i for i in ids if i is not None and i != unk}
 
 
+_torch_default_threads: list[int] = []
+
+
+def with_torch_threads(n: int | None) -> None:
+    """torch's intra-op threads in this process: n, or (None) what they were before the first call."""
+    import torch
+    if not _torch_default_threads:
+        if n is None:
+            return
+        _torch_default_threads.append(torch.get_num_threads())
+    torch.set_num_threads(n or _torch_default_threads[0])
+
+
 class VllmEngine:
     """Keeps up to max_num_seqs pages in the engine and hands back each page as soon as it finishes."""
 
@@ -266,6 +279,7 @@ class VllmEngine:
             log.info("engine: %s", note)
         start = time.perf_counter()
         before = processes.child_pids()
+        with_torch_threads(None)            # a forked engine core gets torch's default, not ours
         self.llm = LLM(**kwargs)
         load_seconds = time.perf_counter() - start
         # The engine core and its workers: reaped on close even if the core is hung or already dead.
@@ -280,6 +294,9 @@ class VllmEngine:
         self._requests: dict[str, PageRequest] = {}       # submitted: being prepared or in the core
         # vLLM's input processor (~0.15-0.25 s of CPU per page) runs in these threads, not serially in
         # LLMEngine.add_request: serial, it capped the runner at ~6 pages/s on an H100 (GPU_RESULTS.md).
+        if self.platform.kind != "cpu" and cfg.input_torch_threads:   # the CPU engine shares these cores
+            with_torch_threads(cfg.input_torch_threads)
+            log.info("engine: input processing with %d torch thread(s) per call", cfg.input_torch_threads)
         self._prep = ThreadPoolExecutor(max(1, cfg.preprocess_workers), thread_name_prefix="vllm-input")
         self._preparing: deque[tuple[str, PageRequest, Future]] = deque()
         self._in_core = 0

@@ -1,0 +1,82 @@
+"""The runner's process on a GPU runs vLLM's input processor with --input-torch-threads torch threads (one
+by default), and an engine it (re)builds starts with torch's own thread count, not that one."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from ocr.config import Config
+
+torch = pytest.importorskip("torch")
+vllm = pytest.importorskip("vllm")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Tokenizer:
+    unk_token_id, all_special_tokens = 0, ["<s>"]
+
+    def convert_tokens_to_ids(self, tokens):
+        return [5 + i for i, _ in enumerate(tokens)]
+
+
+class _FakeLLM:
+    """What VllmEngine calls on vllm.LLM, recording the torch threads of the process when it is built."""
+    threads_at_build: list[int] = []
+
+    def __init__(self, **kwargs):
+        self.threads_at_build.append(torch.get_num_threads())
+        self.llm_engine = self
+        self.input_processor = self.engine_core = self
+
+    def process_inputs(self, rid, prompt, params, supported_tasks=()):
+        return torch.get_num_threads()              # what the input threads see
+
+    def add_request(self, *args):
+        pass
+
+    def step(self):
+        return []
+
+    def shutdown(self):
+        pass
+
+    def get_tokenizer(self):
+        return _Tokenizer()
+
+    def get_supported_tasks(self):
+        return ("generate",)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    from make_tiny_checkpoint import build
+    return build(tmp_path_factory.mktemp("tiny-threads"))
+
+
+@pytest.mark.parametrize("threads", [1, 3, 0])
+def test_input_threads_use_their_own_torch_thread_count(tmp_path, monkeypatch, tiny_checkpoint, threads):
+    from ocr.engines import vllm as engine_mod
+    monkeypatch.setattr(vllm, "LLM", _FakeLLM)
+    monkeypatch.setattr(engine_mod.VllmEngine, "_vision_modes", staticmethod(lambda cfg, ckpt: ("gundam",)))
+    default = torch.get_num_threads()
+    _FakeLLM.threads_at_build.clear()
+    cfg = Config(input_dir=tmp_path, output_dir=tmp_path / "out", model=str(tiny_checkpoint), ngram_size=0,
+                 input_torch_threads=threads)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    cuda = engine_mod.Platform("cuda", fp8_kv=True, capability=(9, 0))
+    try:
+        first = engine_mod.VllmEngine(cfg, platform=cuda)
+        seen = first._prep.submit(first.llm.llm_engine.input_processor.process_inputs, "r", {}, None).result()
+        assert seen == (threads or default)
+        first.close()
+        engine_mod.VllmEngine(cfg, platform=cuda).close()             # the engine rebuilt after a death
+        assert _FakeLLM.threads_at_build == [default, default]         # vLLM's processes start with torch's own
+        engine_mod.VllmEngine(cfg, platform=engine_mod.Platform("cpu", fp8_kv=False)).close()
+        assert torch.get_num_threads() == default                     # the CPU engine shares these cores
+    finally:
+        engine_mod.with_torch_threads(None)
+    assert torch.get_num_threads() == default
