@@ -31,7 +31,8 @@ profile() {  # log file, name, phase (core|runner): wait for that phase, then sa
   sleep $wait_s
   pid=$(pgrep -f "VLLM::EngineCore" | head -1)
   [ -n "$pid" ] || { echo "profile: no engine core"; return; }
-  if [ "$phase" = runner ]; then spy "$(pgrep -f "bench/bench.py" | head -1)" "$OUT/$name-main-pyspy.txt" & fi
+  # ^python3: the `timeout 400 python3 bench/bench.py` wrapping it names bench.py too (and has a lower pid)
+  if [ "$phase" = runner ]; then spy "$(pgrep -f "^python3 bench/bench.py" | head -1)" "$OUT/$name-main-pyspy.txt" & fi
   spy "$pid" "$OUT/$name-pyspy.txt"
   wait
   python3 bench/profile_split.py "$OUT/$name-pyspy.txt" --json "$OUT/$name-split.json"

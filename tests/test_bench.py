@@ -60,15 +60,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.mark.real_engine
 def test_bench_engine_and_runner_on_the_tiny_checkpoint(tmp_path, tiny_checkpoint):
-    """One engine load: LLM.generate over the pre-rendered pages, the engine core twice (our vision-encoder
-    code, then vLLM's), then the runner with that engine. 3 pages, the third blank: 2 pages OCRed by each,
+    """One engine load: LLM.generate over the pre-rendered pages, the engine core twice (our eager
+    vision-encoder steps, then vLLM's), then the runner with that engine. 3 pages, the third blank: 2 pages OCRed by each,
     8 forced tokens a page."""
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(BENCH), "--model", str(tiny_checkpoint), "--generate", "1x3",
                            "--blank-every", "3", "--dpi", "50", "--force-tokens", "8", "--warmup", "0",
                            "--batch-pages", "2", "--proc-sample", "2", "--render-workers", "1",
                            "--bench-render-workers", "1", "--engine-runs", "generate,core-vllmenc", "--json", str(out)],
-                          env=bench_env(), capture_output=True, text=True, timeout=1200)
+                          env={**bench_env(), "OCR_ENCODER_EAGER_PATCH": "1"},   # our eager steps: opt-in
+                          capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res == json.loads(json.dumps(last_json_line(proc.stdout)))
@@ -87,8 +88,8 @@ def test_bench_engine_and_runner_on_the_tiny_checkpoint(tmp_path, tiny_checkpoin
     assert runner["not_instrumented"] == []
     ratio = res["ratio"]["runner/engine"]
     assert ratio["pages_per_s"] > 0 and ratio["out_tokens_per_s"] > 0
-    # core, then core with vLLM's own encoder code, switched in the engine core through collective_rpc:
-    # the same texts as ours (the runner's fixes change no output), and switched back for the runner
+    # core with our eager encoder steps (OCR_ENCODER_EAGER_PATCH=1), then with vLLM's own, switched in the
+    # engine core through collective_rpc: the same texts, and switched back for the runner
     ours, theirs = res["engine_core"], res["engine_core_vllmenc"]
     assert ours["encoder_code"] == "ours" and theirs["encoder_code"] == "vllm"
     assert ours["pages"] == theirs["pages"] == 2 and theirs["out_tokens"] == 16

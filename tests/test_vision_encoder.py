@@ -37,6 +37,7 @@ def patched(monkeypatch):
         eager.append(mm_kwargs)
         return [("eager", float(v.flatten()[0])) for v in mm_kwargs["pixel_values"]]
     vllm_select = m.DeepseekOCRForCausalLM.select_encoder_cudagraph_items
+    monkeypatch.setenv(vision_encoder.EAGER_ENV, "1")              # the eager steps too (off by default)
     monkeypatch.setattr(Graphs, "execute", replay)
     monkeypatch.setattr(m.DeepseekOCRForCausalLM, "embed_multimodal", encode)
     assert vision_modes.install()
@@ -111,6 +112,22 @@ def test_batches_with_nothing_to_replay_are_declined(patched):
     other.model = object()
     assert other.execute(large) == [("graph", 0.0), ("graph", 0.0)]
     assert replayed == [gundam, large] and eager == []
+
+
+def test_eager_steps_stay_vllms_by_default(monkeypatch, patched):
+    """Without OCR_ENCODER_EAGER_PATCH=1 the eager encoder is vLLM's own (ours measured slower on the H200)."""
+    from vllm.model_executor.models import deepseek_ocr as m
+    cls = m.DeepseekOCRForCausalLM
+    theirs = {name: getattr(cls, name).__wrapped__ for name in ("_pixel_values_to_embedding",
+                                                                "_encode_local_features")}
+    for name, fn in theirs.items():
+        monkeypatch.setattr(cls, name, fn)
+    monkeypatch.delenv(vision_encoder.EAGER_ENV)
+    assert vision_encoder.install_eager(m, []) is False
+    assert all(getattr(cls, name) is fn for name, fn in theirs.items())
+    monkeypatch.setenv(vision_encoder.EAGER_ENV, "1")
+    assert vision_encoder.install_eager(m, []) is True
+    assert cls._pixel_values_to_embedding is vision_encoder.pixel_values_to_embedding
 
 
 def test_slicing_patch_can_be_turned_off(monkeypatch, patched):

@@ -1,5 +1,6 @@
-"""DeepSeek-OCR's vision encoder in vLLM 0.32 without host syncs in its per-page steps, and, under encoder
-CUDA graphs, the Gundam pages of a batch that holds a Large view replayed, the Large ones encoded eagerly.
+"""DeepSeek-OCR's vision encoder in vLLM 0.32 under encoder CUDA graphs: batch slicing without a host sync,
+and the Gundam pages of a batch that holds a Large view replayed, the Large ones encoded eagerly. The eager
+encoder's per-page steps without host syncs are here too, off by default: measured slower.
 
 Why (measured, bench/results/2026-12-01-h200/README.md, session 7): at 256 pages in flight the engine core's
 one thread spent 27% of its time on one line of `DeepseekOCRForCausalLM.select_encoder_cudagraph_items`,
@@ -8,6 +9,8 @@ blocking copy, so the thread waits there for all the GPU work queued before it, 
 overlap of CPU and GPU is lost on every step that encodes a page. Here the index goes up from pinned memory
 without blocking (or is not needed at all when the batch is every item in order); the rest of vLLM's
 method is unchanged (the tile grid, `images_spatial_crop`, is a CPU tensor there: `keep_on_cpu`).
+Session 8, 784 pages at 256 in flight, both in one engine load (ours first): 0.93 of vLLM's pages/s over
+the whole run, 1.02 in its steady part; no gain shown, none lost beyond the order's bias. It stays on.
 
 The eager encoder (vLLM's default; Large views under graphs) waits twice per page the same way:
 `pixel_values[[jdx]]` in `_pixel_values_to_embedding`, and `torch.sum(patches).item() == 0` in
@@ -15,7 +18,10 @@ The eager encoder (vLLM's default; Large views under graphs) waits twice per pag
 (the graph path asks the tile grid, as this one now does: the crop count). Between the two waits the
 thread queues one page's SAM and CLIP kernels, so the GPU runs a page only after its launches and the
 thread launches the next only after the GPU is done. Both methods are vLLM's code with those two lines
-changed: a slice for the list index, the crop count for the sum.
+changed: a slice for the list index, the crop count for the sum. Measured on the H200 (session 8, 784 pages,
+128 in flight, both codes in one engine load, either order): the engine core did 0.80-0.86 of the pages/s
+with these as with vLLM's, same texts, unexplained; so vLLM's stay unless OCR_ENCODER_EAGER_PATCH=1.
+(vLLM's also drops the crops of a tiled page whose crop pixels sum to exactly 0, which ours does not.)
 
 Mixed batches: a 1280 Large view cannot share the graphs captured for 1024 views, and `vision_modes` made the
 graph manager decline such a batch, so every page in it was encoded eagerly (at 128 in flight with every 16th
@@ -38,8 +44,9 @@ log = logging.getLogger(__name__)
 NEEDED = ("DeepseekOCRForCausalLM.select_encoder_cudagraph_items",)
 EAGER_NEEDED = ("DeepseekOCRForCausalLM._pixel_values_to_embedding", "DeepseekOCRForCausalLM._encode_local_features",
                 "DeepseekOCRForCausalLM._encode_global_features", "DeepseekOCRForCausalLM._assemble_patch_grid")
-# Set to "0" to keep vLLM's own slicing and eager per-page steps (to measure their host syncs against these).
+# "0" keeps vLLM's own graph-batch slicing; "1" puts in our eager per-page steps (off: measured slower).
 SLICE_ENV = "OCR_ENCODER_SLICE_PATCH"
+EAGER_ENV = "OCR_ENCODER_EAGER_PATCH"
 # Switched at run time by set_active (bench.py's core-vllmenc run: vLLM's code and ours in one engine load,
 # free of the ±10% load-to-load noise); vLLM's methods run while it is False.
 _active = [True]
@@ -189,13 +196,13 @@ def make_execute(original, m: Any, is_gundam_batch):
 
 
 def install_eager(m: Any, missing: list[str]) -> bool:
-    """Patch the eager encoder's per-page steps; False (vLLM's own kept, with a warning) if `m` lacks
-    any of EAGER_NEEDED (`missing`)."""
+    """Patch the eager encoder's per-page steps when OCR_ENCODER_EAGER_PATCH=1; False (vLLM's own kept,
+    with a warning) if `m` lacks any of EAGER_NEEDED (`missing`)."""
+    if os.environ.get(EAGER_ENV, "0") != "1":
+        return False
     if missing:
         log.warning("vision encoder: this vLLM's DeepSeek-OCR lacks %s; its eager encoder stays as it is",
                     ", ".join(missing))
-        return False
-    if os.environ.get(SLICE_ENV, "1") == "0":
         return False
     _replace(m.DeepseekOCRForCausalLM, "_pixel_values_to_embedding", pixel_values_to_embedding)
     _replace(m.DeepseekOCRForCausalLM, "_encode_local_features", encode_local_features)

@@ -292,11 +292,14 @@ class VllmEngine:
         self._retry_params: dict[Any, Any] = {}
         self._tasks = self.llm.llm_engine.get_supported_tasks()
         self._requests: dict[str, PageRequest] = {}       # submitted: being prepared or in the core
-        # vLLM's input processor (~0.15-0.25 s of CPU per page) runs in these threads, not serially in
-        # LLMEngine.add_request: serial, it capped the runner at ~6 pages/s on an H100 (GPU_RESULTS.md).
-        if self.platform.kind != "cpu" and cfg.input_torch_threads:   # the CPU engine shares these cores
+        # One torch thread per input thread: with one per core, each of them started its own OpenMP team
+        # beside the engine core's thread, and the runner did 14.97 pages/s on the H200 against 17.01 with
+        # one (NOTES.md, session 8). The CPU engine's workers share these cores and bind their own.
+        if self.platform.kind != "cpu" and cfg.input_torch_threads:
             with_torch_threads(cfg.input_torch_threads)
             log.info("engine: input processing with %d torch thread(s) per call", cfg.input_torch_threads)
+        # vLLM's input processor (~0.15-0.25 s of CPU per page) runs in these threads, not serially in
+        # LLMEngine.add_request: serial, it capped the runner at ~6 pages/s on an H100 (GPU_RESULTS.md).
         self._prep = ThreadPoolExecutor(max(1, cfg.preprocess_workers), thread_name_prefix="vllm-input")
         self._preparing: deque[tuple[str, PageRequest, Future]] = deque()
         self._in_core = 0
