@@ -20,10 +20,11 @@ Engine mode, in this order, all in this process:
      core-noguard  the same again in the same load, every request without the n-gram guard's extra_args
               (the guard's own cost, free of load-to-load noise; a logits processor that vLLM merely
               has loaded still costs what it costs while idle)
+              --large-every K: every K-th page of the core runs is a Large-mode request (1280 view)
      core-vllmenc  the same again in the same load with vLLM's own vision-encoder code: the runner's
               host-sync fixes (ocr/engines/vision_encoder.py) switched off in the engine's workers for
-              the run, through LLM.collective_rpc (needs VLLM_ALLOW_INSECURE_SERIALIZATION=1, set here)
-              --large-every K: every K-th page of the core runs is a Large-mode request (1280 view)
+              the run, through LLM.collective_rpc (needs VLLM_ALLOW_INSECURE_SERIALIZATION=1, set here);
+              the mixed-batch split of Large pages under encoder graphs stays the runner's
               then ocr.finish.finish_page and the runner's journal/Markdown writes over those outputs
   5. runner   ocr.cli.run(cfg, engine_factory) over the same folder with a factory that hands out the
               already-loaded engine; the runner's time is split per stage (main thread: waiting for
@@ -664,27 +665,29 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
             say(f"engine: {res['engine']}")
         _dump_partial(a, res)
         # ---- (a') the engine core alone: inputs processed beforehand, as the runner's threads do
-        est = 2 * res.get("engine", {}).get("seconds", 0.0) + 30      # this run and the runner, roughly
-        if "core" in a.engine_runs and a.budget_s and time.perf_counter() - t_start + est > a.budget_s:
-            res["engine_core_skipped"] = f"--budget-s {a.budget_s}: about {est:.0f} s needed, " \
+        modes = page_modes(a.large_every, len(pages), engine.caps.vision_modes)
+        last_s = res.get("engine", {}).get("seconds", 0.0)
+        for run in [r for r in a.engine_runs if r.startswith("core")]:      # in the order given
+            name, what = CORE_RUNS[run]
+            est = 2 * last_s + 30      # this run and the runner, roughly
+            if a.budget_s and time.perf_counter() - t_start + est > a.budget_s:
+                res[f"{name}_skipped"] = f"--budget-s {a.budget_s}: about {est:.0f} s needed, " \
                                          f"{a.budget_s - (time.perf_counter() - t_start):.0f} s left"
-            say(f"engine core run skipped: {res['engine_core_skipped']}")
-        elif "core" in a.engine_runs:
-            modes = page_modes(a.large_every, len(pages), engine.caps.vision_modes)
-            for run in [r for r in a.engine_runs if r.startswith("core")]:      # in the order given
-                name, what = CORE_RUNS[run]
-                _reset_encoder_cache(llm)
-                monitor.set_phase(name)
-                say(f"engine core{what}: {len(pages)} pre-processed pages ...")
-                with vllm_encoder_code(llm, run == "core-vllmenc") as encoder_code:
-                    res[name], core_comps = run_engine_core(
-                        llm, prompt, pages, without_guard(page_params) if run == "core-noguard" else page_params,
-                        cfg.preprocess_workers, timers, modes)
-                res[name]["encoder_code"] = encoder_code
-                if run == "core":
-                    comps = comps or core_comps
-                say(f"engine core{what}: {res[name]}")
-                _dump_partial(a, res)
+                say(f"engine core run{what} skipped: {res[f'{name}_skipped']}")
+                break
+            _reset_encoder_cache(llm)
+            monitor.set_phase(name)
+            say(f"engine core{what}: {len(pages)} pre-processed pages ...")
+            with encoder_code(llm, run, ask=os.environ.get(INSECURE_ENV) == "1") as code:
+                res[name], core_comps = run_engine_core(
+                    llm, prompt, pages, without_guard(page_params) if run == "core-noguard" else page_params,
+                    cfg.preprocess_workers, timers, modes)
+            res[name]["encoder_code"] = code
+            last_s = res[name]["seconds"]
+            if run == "core":
+                comps = comps or core_comps
+            say(f"engine core{what}: {res[name]}")
+            _dump_partial(a, res)
 
         monitor.set_phase("finish_write")
         time_finish_and_write(cfg, [(j, p, c) for (j, p, _), c in zip(pages, comps)], blank_by_pdf,
@@ -725,23 +728,39 @@ CORE_RUNS = {"core": ("engine_core", ""), "core-noguard": ("engine_core_noguard"
              "core-vllmenc": ("engine_core_vllmenc", " with vLLM's own vision-encoder code")}
 
 
-@contextmanager
-def vllm_encoder_code(llm: Any, switch: bool):
-    """With `switch`: the runner's vision-encoder fixes off in every engine worker inside the block, on again
-    after it; yields which code the block ran ("vllm", or why it is still ours), "ours" without `switch`."""
-    if not switch:
-        yield "ours"
-        return
+INSECURE_ENV = "VLLM_ALLOW_INSECURE_SERIALIZATION"    # collective_rpc sends a callable only with it
+
+
+def switch_encoder_code(llm: Any, ours: bool) -> str:
+    """The runner's vision-encoder fixes on (`ours`) or off in every engine worker; which code they then run:
+    "ours", "vllm", "vllm (none of ours installed)", "mixed ..." or "unknown (why)"."""
     from ocr.engines import vision_encoder
     try:
-        installed = llm.collective_rpc(vision_encoder.set_active, args=(False,))
-    except Exception as exc:          # no VLLM_ALLOW_INSECURE_SERIALIZATION, or an engine without it
-        yield f"ours (could not switch: {type(exc).__name__}: {exc})"
+        installed = llm.collective_rpc(vision_encoder.set_active, args=(ours,))
+    except Exception as exc:
+        return f"unknown ({type(exc).__name__}: {exc})"
+    if not installed or not any(installed):
+        return "vllm (none of ours installed)"
+    if not all(installed):
+        return "mixed (ours not installed in every worker)"
+    return "ours" if ours else "vllm"
+
+
+@contextmanager
+def encoder_code(llm: Any, run: str, ask: bool):
+    """The vision-encoder code the engine workers run inside the block (vLLM's for core-vllmenc, switched
+    back after it even if the block fails); "not asked" without `ask` (no collective_rpc then)."""
+    if not ask:
+        yield "not asked"
         return
+    theirs = run == "core-vllmenc"
     try:
-        yield "vllm" if installed and all(installed) else "vllm (ours was not installed in every worker)"
+        yield switch_encoder_code(llm, ours=not theirs)
     finally:
-        llm.collective_rpc(vision_encoder.set_active, args=(True,))
+        if theirs:
+            back = switch_encoder_code(llm, ours=True)
+            if back.startswith("unknown"):
+                say(f"warning: the engine's vision-encoder code may not be switched back: {back}")
 
 
 def ratios(res: dict[str, Any]) -> dict[str, Any]:
@@ -754,6 +773,8 @@ def ratios(res: dict[str, Any]) -> dict[str, Any]:
         t, b = res.get(top), res.get(bottom)
         if not (t and b):
             continue
+        if bottom == "engine_core_vllmenc" and (t.get("encoder_code"), b.get("encoder_code")) != ("ours", "vllm"):
+            continue        # the same code twice (nothing of ours installed, or the switch failed)
         out[f"{top}/{bottom}"] = {key: sig(t[key] / b[key], 3) if t.get(key) and b.get(key) else None
                                   for key in ("pages_per_s", "out_tokens_per_s", "steady_pages_per_s")}
     return out
@@ -1120,6 +1141,14 @@ def print_engine_summary(res: dict[str, Any]) -> None:
     for name, ratio in res["ratio"].items():
         lines.append(f"ratio {name}: pages/s {ratio['pages_per_s']}, output tokens/s {ratio['out_tokens_per_s']}, "
                      f"steady pages/s {ratio['steady_pages_per_s']}")
+    cores = [(k, res[k]) for k in ("engine_core", "engine_core_noguard", "engine_core_vllmenc") if res.get(k)]
+    if any(f.get("encoder_code") != "not asked" for _, f in cores):
+        lines.append("  vision-encoder code: " + ", ".join(f"{k} {f.get('encoder_code')}" for k, f in cores))
+    same_sampling = [res.get(k) for k in ("engine", "engine_core", "engine_core_vllmenc") if res.get(k)]
+    texts = {f.get("texts_sha1") for f in same_sampling}      # (without the guard, other texts are expected)
+    if len(same_sampling) > 1:
+        lines.append(f"  the guarded engine runs' texts: {'the same' if len(texts) == 1 else 'DIFFERENT'} "
+                     f"({', '.join(sorted(map(str, texts)))})")
     if (res.get("engine_core") or {}).get("large_pages"):
         lines.append(f"  core runs: {res['engine_core']['large_pages']} of the pages sent in Large mode")
     e = res.get("engine") or {}
@@ -1248,8 +1277,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     b.add_argument("--engine-runs", default="generate,core",
                    help="raw engine runs before the runner: generate (one LLM.generate call), core "
                         "(inputs pre-processed in threads, then the engine alone), core-noguard (core again, "
-                        "the requests without the n-gram guard's extra_args); separated by commas or slashes, the "
-                        "core runs in the order given (core-noguard alone: after core)")
+                        "the requests without the n-gram guard's extra_args), core-vllmenc (core again with vLLM's own "
+                        "vision-encoder code); separated by commas or slashes, the core runs in the order given "
+                        "(core-noguard or core-vllmenc alone: after core)")
     b.add_argument("--large-every", type=int, default=0, metavar="K",
                    help="core runs: every K-th page a Large-mode request (a 1280 view beside Gundam's)")
     b.add_argument("--budget-s", type=float, default=0,
@@ -1277,7 +1307,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if other and "core" not in a.engine_runs:           # core-noguard or core-vllmenc alone: core first
         a.engine_runs.insert(a.engine_runs.index(other[0]), "core")
     if "core-vllmenc" in a.engine_runs:     # collective_rpc sends set_active pickled; before the engine starts
-        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        os.environ.setdefault(INSECURE_ENV, "1")
     return a
 
 

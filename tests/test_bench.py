@@ -89,7 +89,8 @@ def test_bench_engine_and_runner_on_the_tiny_checkpoint(tmp_path, tiny_checkpoin
     ratio = res["ratio"]["runner/engine"]
     assert ratio["pages_per_s"] > 0 and ratio["out_tokens_per_s"] > 0
     # core with our eager encoder steps (OCR_ENCODER_EAGER_PATCH=1), then with vLLM's own, switched in the
-    # engine core through collective_rpc: the same texts, and switched back for the runner
+    # engine core through collective_rpc: the same texts (pages this small are not tiled, so no crops:
+    # tests/test_vision_encoder.py compares the crop path against vLLM's methods)
     ours, theirs = res["engine_core"], res["engine_core_vllmenc"]
     assert ours["encoder_code"] == "ours" and theirs["encoder_code"] == "vllm"
     assert ours["pages"] == theirs["pages"] == 2 and theirs["out_tokens"] == 16
@@ -172,10 +173,15 @@ class _FakeLLM:
     def __init__(self):
         self.llm_engine = _FakeLLMEngine()
         self.rpc: list[tuple[Any, tuple, int]] = []      # method, args, requests added before the call
+        self.insecure_env_at_load = os.environ.get("VLLM_ALLOW_INSECURE_SERIALIZATION")
+
+    workers_installed: Any = [True]         # what set_active answers: one worker, the fixes installed there
 
     def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
         self.rpc.append((method, args, len(self.llm_engine.added)))
-        return [True]                                   # one worker, the fixes installed there
+        if self.workers_installed == "raise":
+            raise TypeError("Object of type <class 'function'> is not serializable")
+        return self.workers_installed
 
     def generate(self, prompts, params, use_tqdm=False):
         time.sleep(0.05 * len(prompts))
@@ -315,30 +321,38 @@ def test_guard_and_large_mode_runs_in_the_same_load(tmp_path, fake_vllm, monkeyp
     assert json.loads(out.read_text())["runner"]["out_tokens"] == 96
 
 
-def test_vllms_encoder_code_runs_in_the_same_load(tmp_path, fake_vllm, monkeypatch):
+@pytest.mark.parametrize("installed, core_code, vllm_code", [
+    ([True], "ours", "vllm"),
+    ([False], "vllm (none of ours installed)", "vllm (none of ours installed)"),
+    ("raise", "unknown (TypeError: Object", "unknown (TypeError: Object")])
+def test_vllms_encoder_code_runs_in_the_same_load(tmp_path, fake_vllm, monkeypatch, capsys, installed, core_code,
+                                                  vllm_code):
     """--engine-runs core-vllmenc: core first, then the same pages with the engine workers switched to vLLM's
-    own vision-encoder code for exactly that run and back after it; the ratio of the two and their texts."""
+    own vision-encoder code for exactly that run and back after it; the ratio of the two and their texts.
+    When the workers have none of ours installed, or cannot be asked, both runs say so and there is no ratio."""
     monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "0")     # restored after the test
     monkeypatch.delenv("VLLM_ALLOW_INSECURE_SERIALIZATION")
+    monkeypatch.setattr(_FakeLLM, "workers_installed", installed)
     out = tmp_path / "b.json"
     assert fake_vllm.main(["--model", str(tmp_path / "ckpt"), "--load-format", "dummy", "--generate", "2x6",
                            "--blank-every", "0", "--dpi", "50", "--force-tokens", "8", "--warmup", "0",
                            "--batch-pages", "3", "--render-workers", "1", "--bench-render-workers", "1",
                            "--engine-runs", "core-vllmenc", "--corpus-dir", str(tmp_path / "c"),
                            "--json", str(out)]) == 0
-    import os
-
     from ocr.engines import vision_encoder
-    assert os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"      # set before the engine loaded
+    llm = _FakeVllmEngine.instances[0].llm
+    assert llm.insecure_env_at_load == "1"                     # set before the engine loaded
     res = json.loads(out.read_text())
     assert res["settings"]["engine_runs"] == ["core", "core-vllmenc"]
-    assert res["engine_core"]["encoder_code"] == "ours" and res["engine_core_vllmenc"]["encoder_code"] == "vllm"
+    assert res["engine_core"]["encoder_code"].startswith(core_code)
+    assert res["engine_core_vllmenc"]["encoder_code"].startswith(vllm_code)
     assert res["engine_core"]["texts_sha1"] == res["engine_core_vllmenc"]["texts_sha1"]
-    assert res["ratio"]["engine_core/engine_core_vllmenc"]["pages_per_s"] > 0
-    rpc = _FakeVllmEngine.instances[0].llm.rpc
-    assert [(method, args) for method, args, _ in rpc] == [(vision_encoder.set_active, (False,)),
-                                                          (vision_encoder.set_active, (True,))]
-    assert [added for _, _, added in rpc] == [12, 24]          # switched around the second run's 12 pages
+    assert ("engine_core/engine_core_vllmenc" in res["ratio"]) == (installed == [True])
+    # asked before the first run, switched off before the second run's 12 pages and back on after them
+    assert [(method, args, added) for method, args, added in llm.rpc] == [
+        (vision_encoder.set_active, (True,), 0), (vision_encoder.set_active, (False,), 12),
+        (vision_encoder.set_active, (True,), 24)]
+    assert "the guarded engine runs' texts: the same" in capsys.readouterr().out
 
 
 def test_steady_rate_leaves_out_the_filling_and_the_tail(fake_vllm):

@@ -62,21 +62,31 @@ def test_input_threads_use_their_own_torch_thread_count(tmp_path, monkeypatch, t
     from ocr.engines import vllm as engine_mod
     monkeypatch.setattr(vllm, "LLM", _FakeLLM)
     monkeypatch.setattr(engine_mod.VllmEngine, "_vision_modes", staticmethod(lambda cfg, ckpt: ("gundam",)))
-    default = torch.get_num_threads()
+    default = original = torch.get_num_threads()
+    if default == threads:                   # set apart from unset: torch's own count must differ
+        monkeypatch.setattr(engine_mod, "_torch_default_threads", [default + 1])
+        default += 1
     _FakeLLM.threads_at_build.clear()
     cfg = Config(input_dir=tmp_path, output_dir=tmp_path / "out", model=str(tiny_checkpoint), ngram_size=0,
                  input_torch_threads=threads)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     cuda = engine_mod.Platform("cuda", fp8_kv=True, capability=(9, 0))
+    engines = []
     try:
-        first = engine_mod.VllmEngine(cfg, platform=cuda)
+        engines.append(engine_mod.VllmEngine(cfg, platform=cuda))
+        first = engines[-1]
         seen = first._prep.submit(first.llm.llm_engine.input_processor.process_inputs, "r", {}, None).result()
         assert seen == (threads or default)
         first.close()
-        engine_mod.VllmEngine(cfg, platform=cuda).close()             # the engine rebuilt after a death
+        engines.append(engine_mod.VllmEngine(cfg, platform=cuda))      # the engine rebuilt after a death
+        engines[-1].close()
         assert _FakeLLM.threads_at_build == [default, default]         # vLLM's processes start with torch's own
-        engine_mod.VllmEngine(cfg, platform=engine_mod.Platform("cpu", fp8_kv=False)).close()
+        engines.append(engine_mod.VllmEngine(cfg, platform=engine_mod.Platform("cpu", fp8_kv=False)))
         assert torch.get_num_threads() == default                     # the CPU engine shares these cores
     finally:
-        engine_mod.with_torch_threads(None)
-    assert torch.get_num_threads() == default
+        for engine in engines:
+            engine.close()
+        engine_mod.set_torch_threads(None)
+        after = torch.get_num_threads()
+        torch.set_num_threads(original)
+    assert after == default

@@ -38,6 +38,8 @@ def patched(monkeypatch):
         return [("eager", float(v.flatten()[0])) for v in mm_kwargs["pixel_values"]]
     vllm_select = m.DeepseekOCRForCausalLM.select_encoder_cudagraph_items
     monkeypatch.setenv(vision_encoder.EAGER_ENV, "1")              # the eager steps too (off by default)
+    monkeypatch.setattr(vision_encoder, "_original", {})            # what this install records, then gone
+    monkeypatch.setattr(vision_encoder, "_active", [True])
     monkeypatch.setattr(Graphs, "execute", replay)
     monkeypatch.setattr(m.DeepseekOCRForCausalLM, "embed_multimodal", encode)
     assert vision_modes.install()

@@ -9,8 +9,8 @@ blocking copy, so the thread waits there for all the GPU work queued before it, 
 overlap of CPU and GPU is lost on every step that encodes a page. Here the index goes up from pinned memory
 without blocking (or is not needed at all when the batch is every item in order); the rest of vLLM's
 method is unchanged (the tile grid, `images_spatial_crop`, is a CPU tensor there: `keep_on_cpu`).
-Session 8, 784 pages at 256 in flight, both in one engine load (ours first): 0.93 of vLLM's pages/s over
-the whole run, 1.02 in its steady part; no gain shown, none lost beyond the order's bias. It stays on.
+Session 8, 784 pages at 256 in flight, both in one engine load, ours first (the order not reversed yet): 0.93
+of vLLM's pages/s over the whole run, 1.02 in its steady part. No gain shown; it stays on until measured again.
 
 The eager encoder (vLLM's default; Large views under graphs) waits twice per page the same way:
 `pixel_values[[jdx]]` in `_pixel_values_to_embedding`, and `torch.sum(patches).item() == 0` in
@@ -48,7 +48,8 @@ EAGER_NEEDED = ("DeepseekOCRForCausalLM._pixel_values_to_embedding", "DeepseekOC
 SLICE_ENV = "OCR_ENCODER_SLICE_PATCH"
 EAGER_ENV = "OCR_ENCODER_EAGER_PATCH"
 # Switched at run time by set_active (bench.py's core-vllmenc run: vLLM's code and ours in one engine load,
-# free of the ±10% load-to-load noise); vLLM's methods run while it is False.
+# free of the ±10% load-to-load noise); vLLM's methods run while it is False. The mixed-batch split in
+# make_execute is not switched: the graphs are captured for Gundam views only.
 _active = [True]
 _original: dict[str, Any] = {}
 

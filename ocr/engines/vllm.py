@@ -246,14 +246,13 @@ def table_tag_ids(tokenizer: Any) -> set[int]:
 _torch_default_threads: list[int] = []
 
 
-def with_torch_threads(n: int | None) -> None:
-    """torch's intra-op threads in this process: n, or (None) what they were before the first call."""
+def set_torch_threads(n: int | None) -> None:
+    """torch's intra-op threads in this process: n, or (None or 0) what they were at the first call."""
     import torch
     if not _torch_default_threads:
-        if n is None:
-            return
         _torch_default_threads.append(torch.get_num_threads())
-    torch.set_num_threads(n or _torch_default_threads[0])
+    if torch.get_num_threads() != (n or _torch_default_threads[0]):
+        torch.set_num_threads(n or _torch_default_threads[0])
 
 
 class VllmEngine:
@@ -279,7 +278,7 @@ class VllmEngine:
             log.info("engine: %s", note)
         start = time.perf_counter()
         before = processes.child_pids()
-        with_torch_threads(None)            # a forked engine core gets torch's default, not ours
+        set_torch_threads(None)       # an engine built in this process or forked from it starts from torch's own
         self.llm = LLM(**kwargs)
         load_seconds = time.perf_counter() - start
         # The engine core and its workers: reaped on close even if the core is hung or already dead.
@@ -294,9 +293,10 @@ class VllmEngine:
         self._requests: dict[str, PageRequest] = {}       # submitted: being prepared or in the core
         # One torch thread per input thread: with one per core, each of them started its own OpenMP team
         # beside the engine core's thread, and the runner did 14.97 pages/s on the H200 against 17.01 with
-        # one (NOTES.md, session 8). The CPU engine's workers share these cores and bind their own.
+        # one (NOTES.md, session 8); vLLM sets its GPU workers to one for the same reason
+        # (set_torch_threads_for_runtime). The CPU engine's workers share these cores and bind their own.
         if self.platform.kind != "cpu" and cfg.input_torch_threads:
-            with_torch_threads(cfg.input_torch_threads)
+            set_torch_threads(cfg.input_torch_threads)
             log.info("engine: input processing with %d torch thread(s) per call", cfg.input_torch_threads)
         # vLLM's input processor (~0.15-0.25 s of CPU per page) runs in these threads, not serially in
         # LLMEngine.add_request: serial, it capped the runner at ~6 pages/s on an H100 (GPU_RESULTS.md).
