@@ -228,6 +228,24 @@ class _Entry:
     solo: bool = False            # in progress when a render process died: rendered alone, to find the culprit
 
 
+CLOSE_GRACE_S = 3.0       # a page renders in 0.1-1 s; a hung one is killed after this
+
+
+def wait_for_exit(processes: list, timeout_s: float) -> None:
+    """Until every process has exited or timeout_s has passed (their sentinels: no reaping here)."""
+    from multiprocessing.connection import wait
+    deadline = time.monotonic() + timeout_s
+    alive = []
+    for process in processes:
+        try:
+            alive.append(process.sentinel)
+        except ValueError:                    # closed: gone already
+            pass
+    while alive and (left := deadline - time.monotonic()) > 0:
+        done = wait(alive, timeout=left)
+        alive = [s for s in alive if s not in done]
+
+
 class Renderer:
     """A pool of render processes with a bounded window of pages in progress, returned in order.
 
@@ -306,10 +324,13 @@ class Renderer:
     def _kill_processes(self) -> int:
         """SIGKILL the pool's processes. A broken pool's clean-up sends SIGTERM, which they ignore, and then
         waits for every process to end: a hung one would hold it, and the runner's exit, for ever."""
-        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        processes = self._processes()
         for process in processes:
             process.kill()
         return len(processes)
+
+    def _processes(self) -> list:
+        return list((getattr(self._pool, "_processes", None) or {}).values())
 
     def _wait(self, future: Future) -> None:
         while not future.done():
@@ -349,8 +370,15 @@ class Renderer:
         return page
 
     def close(self) -> None:
-        self._kill_processes()                # at the end of a run or a stop, nothing they hold is needed
+        """The processes finish what they hold and exit; those still running after CLOSE_GRACE_S (a hung
+        page) are killed. Killing one while it sends a page back leaves the pool's reader thread waiting
+        for the rest of that message for ever, and the process's exit with it (seen: a test run that
+        printed its result, then hung in concurrent.futures' exit hook on a 6 MB page, 131 KB read)."""
+        processes = self._processes()               # shutdown forgets them
         self._pool.shutdown(wait=False, cancel_futures=True)
+        wait_for_exit(processes, CLOSE_GRACE_S)
+        for process in processes:
+            process.kill()                            # (a no-op on one that has exited)
 
     def __enter__(self) -> "Renderer":
         return self

@@ -60,3 +60,37 @@ def test_a_page_that_never_finishes_rendering_gets_a_stub_and_the_rest_render(tm
     failed = {p.key.page: p.error for p in got if p.error}
     assert failed == {KILLER_PAGE + 1: "render failed: rendering took over 3 s on this page"}
     assert all(p.image is not None or p.blank for p in got if p.key.page != KILLER_PAGE + 1)
+
+
+def slow_task(path, key, *settings):
+    """render_task after a second: the page a process holds when the run stops."""
+    time.sleep(1.0)
+    return render_task(path, key, *settings)
+
+
+def test_closing_lets_a_process_finish_its_page_and_kills_a_hung_one(tmp_path):
+    """close() at a stop: a process rendering a page finishes it (killed while it sends a page back, it
+    would leave the pool's reader waiting for the rest for ever, and the runner's exit with it); a hung
+    one is killed after CLOSE_GRACE_S, so the stop still ends."""
+    from ocr import render
+    pdf = make_pdf(tmp_path / "a.pdf", numbered_pages(2))
+    renderer = Renderer(workers=1, window=1, dpi=40, max_pixels=10**6, task=slow_task)
+    for warm in renderer._warming:
+        warm.result(timeout=120)
+    renderer.submit(pdf, PageKey(0, 1))
+    future = renderer._pending[0].future
+    time.sleep(0.3)                                              # the page is in its process now
+    renderer.close()
+    assert future.result(timeout=10).key.page == 1               # finished and sent back whole
+
+    hung = Renderer(workers=1, window=1, dpi=40, max_pixels=10**6, task=hanging_task)
+    for warm in hung._warming:
+        warm.result(timeout=120)
+    hung.submit(pdf, PageKey(0, KILLER_PAGE + 1))
+    (process,) = hung._processes()
+    time.sleep(0.3)
+    start = time.monotonic()
+    hung.close()
+    assert render.CLOSE_GRACE_S - 0.5 < time.monotonic() - start < render.CLOSE_GRACE_S + 5
+    process.join(timeout=10)
+    assert not process.is_alive()
