@@ -321,10 +321,10 @@ class Renderer:
         if time.monotonic() - self._progress > self._timeout and not self._stalled:
             self._stalled = self._kill_processes() > 0   # the pool breaks: every page in progress fails with it
 
-    def _kill_processes(self) -> int:
-        """SIGKILL the pool's processes. A broken pool's clean-up sends SIGTERM, which they ignore, and then
-        waits for every process to end: a hung one would hold it, and the runner's exit, for ever."""
-        processes = self._processes()
+    def _kill_processes(self, processes: list | None = None) -> int:
+        """SIGKILL the pool's processes (or these). A broken pool's clean-up sends SIGTERM, which they ignore,
+        and then waits for every process to end: a hung one would hold it, and the runner's exit, for ever."""
+        processes = self._processes() if processes is None else processes
         for process in processes:
             process.kill()
         return len(processes)
@@ -377,8 +377,7 @@ class Renderer:
         processes = self._processes()               # shutdown forgets them
         self._pool.shutdown(wait=False, cancel_futures=True)
         wait_for_exit(processes, CLOSE_GRACE_S)
-        for process in processes:
-            process.kill()                            # (a no-op on one that has exited)
+        self._kill_processes(processes)             # (a no-op on one that has exited)
 
     def __enter__(self) -> "Renderer":
         return self

@@ -251,8 +251,7 @@ def set_torch_threads(n: int | None) -> None:
     import torch
     if not _torch_default_threads:
         _torch_default_threads.append(torch.get_num_threads())
-    if torch.get_num_threads() != (n or _torch_default_threads[0]):
-        torch.set_num_threads(n or _torch_default_threads[0])
+    torch.set_num_threads(n or _torch_default_threads[0])
 
 
 class VllmEngine:
