@@ -181,6 +181,27 @@ def test_mm_encoder_cudagraph_where_this_vllm_has_it(monkeypatch):
         f"no effect"]
 
 
+def test_cudagraph_max_tokens_captures_the_decoder_past_vllms_512(monkeypatch):
+    """A step that prefills a new page beside 256 decoding ones (~1,150 tokens) gets a graph: the sizes vLLM
+    0.32 validates (CompilationConfig's own field), merged with the encoder graphs, and none where graphs
+    are off."""
+    import dataclasses
+    from vllm.config.compilation import CompilationConfig
+    h100 = Platform("cuda", fp8_kv=True, capability=(9, 0))
+    kw, _ = engine_kwargs(cfg(cudagraph_max_tokens=2048, mm_encoder_cudagraph=True), h100)
+    sizes = kw["compilation_config"]["cudagraph_capture_sizes"]
+    assert kw["compilation_config"]["cudagraph_mm_encoder"] is True
+    assert sizes[-1] == 2048 and sizes == sorted(set(sizes))
+    assert {1, 256, 512, 1152, 1280} <= set(sizes)             # vLLM's grid kept, then every 128
+    assert all(b - a <= 128 for a, b in zip(sizes, sizes[1:]))
+    assert "cudagraph_capture_sizes" in {f.name for f in dataclasses.fields(CompilationConfig)}
+    assert CompilationConfig(cudagraph_capture_sizes=sizes).cudagraph_capture_sizes == sizes
+    assert "compilation_config" not in engine_kwargs(cfg(cudagraph_max_tokens=2048, enforce_eager=True), h100)[0]
+    assert "compilation_config" not in engine_kwargs(cfg(cudagraph_max_tokens=2048), Platform("cpu", fp8_kv=False))[0]
+    assert engine_kwargs(cfg(cudagraph_max_tokens=300), h100)[0]["compilation_config"][
+        "cudagraph_capture_sizes"][-3:] == [272, 288, 300]
+
+
 def test_engine_kwargs_override_comes_last():
     kw, notes = engine_kwargs(cfg(), Platform("cpu", fp8_kv=False),
                               {"max_num_batched_tokens": 8192, "hf_overrides": {"model_type": "deepseek_vl_v2"}})
