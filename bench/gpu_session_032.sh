@@ -8,7 +8,7 @@
 # samples the engine core with py-spy for 12 s of the steady engine-core run (bench/profile_split.py);
 # `+rprofile` samples the engine core and the runner's own process (all its threads) in the runner phase.
 set -uo pipefail
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
+export PYTHONPATH=/tmp/site:/tmp/site-x:$PWD PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
 OUT=${OUT:-/tmp/out}
 PAGES=${PAGES:-8x32}
 TOKENS=${TOKENS:-128-1024}

@@ -170,12 +170,12 @@ def test_mm_encoder_cudagraph_where_this_vllm_has_it(monkeypatch):
     import ocr.engines.vllm as ev
     h100 = Platform("cuda", fp8_kv=True, capability=(9, 0))
     assert ev.has_mm_encoder_cudagraph()                      # vLLM 0.32's CompilationConfig has the field
-    kw, _ = engine_kwargs(cfg(mm_encoder_cudagraph=True), h100)
+    kw, _ = engine_kwargs(cfg(mm_encoder_cudagraph=True, cudagraph_max_tokens=0), h100)
     assert kw["compilation_config"] == {"cudagraph_mm_encoder": True}
-    assert "compilation_config" not in engine_kwargs(cfg(), h100)[0]
+    assert "cudagraph_mm_encoder" not in engine_kwargs(cfg(), h100)[0]["compilation_config"]
     monkeypatch.setattr(ev, "has_mm_encoder_cudagraph", lambda: False)
     kw, notes = engine_kwargs(cfg(mm_encoder_cudagraph=True), h100)
-    assert "compilation_config" not in kw
+    assert "cudagraph_mm_encoder" not in kw["compilation_config"]
     assert [n for n in notes if "cudagraph_mm_encoder" in n] == [
         f"vLLM {ev.vllm_version()} has no compilation_config.cudagraph_mm_encoder: --mm-encoder-cudagraph has "
         f"no effect"]
@@ -187,6 +187,7 @@ def test_cudagraph_max_tokens_captures_the_decoder_past_vllms_512(monkeypatch):
     are off."""
     import dataclasses
     from vllm.config.compilation import CompilationConfig
+    from ocr.engines.vllm import capture_sizes
     h100 = Platform("cuda", fp8_kv=True, capability=(9, 0))
     kw, _ = engine_kwargs(cfg(cudagraph_max_tokens=2048, mm_encoder_cudagraph=True), h100)
     sizes = kw["compilation_config"]["cudagraph_capture_sizes"]
@@ -198,6 +199,8 @@ def test_cudagraph_max_tokens_captures_the_decoder_past_vllms_512(monkeypatch):
     assert CompilationConfig(cudagraph_capture_sizes=sizes).cudagraph_capture_sizes == sizes
     assert "compilation_config" not in engine_kwargs(cfg(cudagraph_max_tokens=2048, enforce_eager=True), h100)[0]
     assert "compilation_config" not in engine_kwargs(cfg(cudagraph_max_tokens=2048), Platform("cpu", fp8_kv=False))[0]
+    assert engine_kwargs(cfg(), h100)[0]["compilation_config"] == {"cudagraph_capture_sizes": capture_sizes(2048)}
+    assert "compilation_config" not in engine_kwargs(cfg(cudagraph_max_tokens=0), h100)[0]   # vLLM's own sizes
     assert engine_kwargs(cfg(cudagraph_max_tokens=300), h100)[0]["compilation_config"][
         "cudagraph_capture_sizes"][-3:] == [272, 288, 300]
 
