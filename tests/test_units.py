@@ -181,7 +181,7 @@ def test_mm_encoder_cudagraph_where_this_vllm_has_it(monkeypatch):
         f"no effect"]
 
 
-def test_cudagraph_max_tokens_captures_the_decoder_past_vllms_512(monkeypatch):
+def test_cudagraph_max_tokens_captures_the_decoder_past_vllms_512():
     """A step that prefills a new page beside 256 decoding ones (~1,150 tokens) gets a graph: the sizes vLLM
     0.32 validates (CompilationConfig's own field), merged with the encoder graphs, and none where graphs
     are off."""
