@@ -589,7 +589,8 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
     try:
         monitor.set_phase("render")
         input_dir, res["corpus"] = prepare_corpus(a, work)
-        cfg = make_config(a, input_dir, work / "out", a.force_tokens[1] or a.max_tokens)
+        from ocr.gpu_sizing import settle
+        cfg = settle(make_config(a, input_dir, work / "out", a.force_tokens[1] or a.max_tokens))
         from ocr.models import PROMPTS
         prompt = cfg.prompt or PROMPTS[cfg.mode]
         res["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()
@@ -1064,7 +1065,9 @@ def memory_child(a: argparse.Namespace) -> int:
 
 
 def memory_mode(a: argparse.Namespace) -> dict[str, Any]:
+    from ocr.config import SMALL_GPU_BATCH
     sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
+    batch = a.batch_pages or SMALL_GPU_BATCH          # the scripted engine has no GPU to size it by
     work = Path(tempfile.mkdtemp(prefix="bench-memscale-"))
     base = a.corpus_dir or work / "corpus"
     runs = []
@@ -1079,7 +1082,7 @@ def memory_mode(a: argparse.Namespace) -> dict[str, Any]:
                            check=True, capture_output=True, timeout=a.child_timeout)
             gen_s = time.perf_counter() - start
             cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", "--pdfs", str(folder),
-                   "--dpi", str(a.dpi), "--batch-pages", str(a.batch_pages), "--render-workers", str(a.render_workers)]
+                   "--dpi", str(a.dpi), "--batch-pages", str(batch), "--render-workers", str(a.render_workers)]
             say(f"memory: {n} pages (corpus {gen_s:.1f} s) ...")
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.child_timeout)
             line = next((l for l in proc.stdout.splitlines() if l.startswith("MEMORY_RESULT ")), None)
@@ -1106,7 +1109,7 @@ def memory_mode(a: argparse.Namespace) -> dict[str, Any]:
                         "growth_kb_per_page": round(mb * 1024 / pages, 2),
                         # flat: grows less than 64 MiB or 15 % of the smallest run's peak
                         "flat": mb <= max(64.0, 0.15 * get(first))}
-    return {"mode": "memory-scaling", "dpi": a.dpi, "batch_pages": a.batch_pages, "corpus_kind": a.corpus_kind,
+    return {"mode": "memory-scaling", "dpi": a.dpi, "batch_pages": batch, "corpus_kind": a.corpus_kind,
             "runs": runs, "peaks_mb": growth["runner"]["peaks_mb"], "growth_mb": growth["runner"]["growth_mb"],
             "growth_kb_per_page": growth["runner"]["growth_kb_per_page"], "by_process": growth,
             "flat": growth["runner"]["flat"] and growth["render_worker"]["flat"]}

@@ -12,7 +12,8 @@ export PYTHONPATH=/tmp/site:/tmp/site-x:$PWD PYTHONUNBUFFERED=1 VLLM_USE_FLASHIN
 OUT=${OUT:-/tmp/out}
 PAGES=${PAGES:-8x32}
 TOKENS=${TOKENS:-128-1024}
-BATCH=${BATCH:-256}
+BATCH=${BATCH:-256}                  # "default": no --batch-pages, the runner's GPU-sized default
+ROW_TIMEOUT=${ROW_TIMEOUT:-400}      # seconds per row (bench.py's --budget-s is 20 s less unless EXTRA sets it)
 # FlashAttention-2/3 kernels are stripped from the carried vLLM (scripts/gpu_carry.sh): Triton attention
 # for the decoder, torch SDPA for the vision encoder, in every row alike.
 ATTN=(--attention-backend TRITON_ATTN --mm-encoder-attn-backend TORCH_SDPA)
@@ -56,9 +57,11 @@ for job in "$@"; do
   prof=
   if [ $want_profile = 1 ]; then profile "$log" "$name" "$phase" > "$OUT/$name-profile.txt" 2>&1 & prof=$!; fi
   # shellcheck disable=SC2086  # flags is a list
-  env "${env[@]}" timeout 400 python3 bench/bench.py --model /tmp/ckpt --load-format dummy --generate "$PAGES" \
-    --corpus-dir /tmp/corpus-bench --force-tokens "$TOKENS" --batch-pages "$BATCH" --kv-cache-dtype fp8 \
-    --render-workers 8 --preprocess-workers 8 --engine-runs core --proc-sample 2 --budget-s 380 \
+  batch=(--batch-pages "$BATCH")
+  [ "$BATCH" = default ] && batch=()
+  env "${env[@]}" timeout "$ROW_TIMEOUT" python3 bench/bench.py --model /tmp/ckpt --load-format dummy --generate "$PAGES" \
+    --corpus-dir /tmp/corpus-bench --force-tokens "$TOKENS" "${batch[@]}" --kv-cache-dtype fp8 \
+    --render-workers 8 --preprocess-workers 8 --engine-runs core --proc-sample 2 --budget-s $((ROW_TIMEOUT - 20)) \
     "${ATTN[@]}" --json "$OUT/$name.json" $flags > "$log" 2>&1
   echo "== $name ($runner $flags): exit $? in $(( $(date +%s) - start )) s"
   [ -n "$prof" ] && { sleep 1; kill "$prof" 2>/dev/null; wait "$prof" 2>/dev/null; }

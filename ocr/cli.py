@@ -38,6 +38,8 @@ class Runner:
     (checks that can fail run before any work; the returned factory builds an engine each time it is called)."""
     spec: RunnerSpec
     engine_factory: Callable[[Config], EngineFactory]
+    # The defaults left to the machine (None in Config), settled before the engine and the report see them.
+    settle: Callable[[Config], Config] = lambda cfg: cfg
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -111,12 +113,19 @@ def vllm_engine_factory(cfg: Config) -> EngineFactory:
     return factory
 
 
-VLLM = Runner(VLLM_SPEC, vllm_engine_factory)
+def settle_for_gpu(cfg: Config) -> Config:
+    from .gpu_sizing import settle
+    return settle(cfg)
+
+
+VLLM = Runner(VLLM_SPEC, vllm_engine_factory, settle_for_gpu)
 
 
 def run(cfg: Config, engine_factory: EngineFactory | None = None, runner: Runner = VLLM) -> ExitCode:
     if not cfg.input_dir.is_dir():
         raise UsageError(f"--input-dir {cfg.input_dir} is not a folder")
+    if engine_factory is None:           # a given factory (tests, bench.py) comes with its settings settled
+        cfg = runner.settle(cfg)
     factory = engine_factory or runner.engine_factory(cfg)      # refuses what cannot run before any output
     check_output_dir(cfg.output_dir)
     log_path = setup_logging(cfg)

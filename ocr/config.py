@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-OCR"
 ENGINES = ("vllm", "hf")        # the runners' engines: ocr.engines.vllm, ocr.engines.hf
+SMALL_GPU_BATCH = 128          # --batch-pages where ocr.gpu_sizing has not settled it (NOTES.md, defaults)
 
 
 def opt(default: Any, help: str, *, engine: str | Sequence[str] | None = None, output: bool | str,
@@ -83,8 +84,9 @@ class Config:
     model: str = opt(DEFAULT_MODEL, "Hugging Face id or local checkpoint directory", output=True)
     load_format: str = opt("auto", "vLLM load_format; 'dummy' = random weights, for throughput tests only",
                            engine="vllm", output=True, choices=("auto", "dummy"))
-    batch_pages: int = opt(128, "pages decoding in the engine at once (continuous batching; vLLM max_num_seqs)",
-                           output=False, type=int)
+    batch_pages: int | None = opt(None, "pages decoding in the engine at once (continuous batching; vLLM "
+                                  "max_num_seqs; default: 256 on a GPU of 64 GiB or more, else 128; "
+                                  "ocr/gpu_sizing.py)", output=False, type=int)
     max_num_seqs: int | None = opt(None, "vLLM max_num_seqs (default: --batch-pages)", engine="vllm",
                                    output=False, type=int)
     queue_ahead: int | None = opt(None, "pages prepared and waiting in the engine beyond --batch-pages, so "
@@ -110,9 +112,11 @@ class Config:
                                               "this vLLM build has no FlashAttention kernels (default: vLLM's)",
                                               engine="vllm", output=False)
     enforce_eager: bool = opt(False, "disable CUDA graphs", engine="vllm", output=False)
-    mm_encoder_cudagraph: bool = opt(False, "capture the vision encoder in CUDA graphs (vLLM's compilation_config "
-                                     "cudagraph_mm_encoder, where this vLLM has it); batches holding a Large view run eagerly",
-                                     engine="vllm", output=False)
+    mm_encoder_cudagraph: bool | None = opt(None, "capture the vision encoder in CUDA graphs (vLLM's "
+                                            "compilation_config cudagraph_mm_encoder, where this vLLM has it; "
+                                            "batches holding a Large view run eagerly); default: on for a GPU "
+                                            "of 64 GiB or more, off below (ocr/gpu_sizing.py)", engine="vllm",
+                                            output=False, action=argparse.BooleanOptionalAction)
     cudagraph_max_tokens: int = opt(2048, "capture the decoder in CUDA graphs for steps of up to this many "
                                     "tokens, 128 apart past 512; 0 = vLLM's own sizes, which stop at 512, so a "
                                     "step that also prefills a new page (~900 prompt tokens) runs without "
@@ -156,7 +160,7 @@ class Config:
 
     @property
     def seqs(self) -> int:
-        return self.max_num_seqs or self.batch_pages
+        return self.max_num_seqs or self.batch_pages or SMALL_GPU_BATCH
 
     @property
     def pages_in_flight(self) -> int:
@@ -281,7 +285,7 @@ def validate(cfg: Config) -> Config:
         (cfg.num_shards >= 1, "--num-shards must be >= 1"),
         (0 <= cfg.shard_index < cfg.num_shards, "--shard-index must be in [0, --num-shards)"),
         (cfg.max_pages is None or cfg.max_pages >= 1, "--max-pages must be >= 1"),
-        (cfg.batch_pages >= 1, "--batch-pages must be >= 1"),
+        (cfg.batch_pages is None or cfg.batch_pages >= 1, "--batch-pages must be >= 1"),
         (cfg.cudagraph_max_tokens >= 0, "--cudagraph-max-tokens must be >= 0"),
         (cfg.queue_ahead is None or cfg.queue_ahead >= 0, "--queue-ahead must be >= 0"),
         (cfg.dpi >= 36, "--dpi must be >= 36"),

@@ -175,7 +175,7 @@ class Pipeline:
     # --- run --------------------------------------------------------------------------------------
     def run(self) -> None:
         self._jobs = iter(self._jobs_given) if self._jobs_given is not None else self._planned()
-        window = max(2 * self.cfg.render_workers, min(self.cfg.batch_pages, 64))
+        window = max(2 * self.cfg.render_workers, min(self.cfg.seqs, 64))
         with Renderer(self.cfg.render_workers, window, self.cfg.dpi, self.cfg.max_render_pixels,
                       min_mark=self.cfg.blank_threshold, timeout_s=self.cfg.open_timeout) as renderer, \
                 Progress(disabled=self.cfg.no_progress) as self.progress, \

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .checkpoint import SetupError
 from .cli import ExitCode, guarded
 from .config import VLLM_SPEC, Config, UsageError, build_parser, validate
+from .gpu_sizing import settle
 from .engines.base import Engine
 from .engines.vllm import check_tensor_parallel
 from .jsonl_out import jsonl_path
@@ -224,8 +225,9 @@ class WorkerCore:
         self.outputs = Storage(output_url, **storage_options)
         self.root = Path(cache_dir or tempfile.gettempdir()) / f"ocr-ray-{worker_id}-{uuid.uuid4().hex[:8]}"
         self.staged, out = self.root / "in", self.root / "out"
-        self.cfg = dataclasses.replace(cfg, input_dir=self.staged, output_dir=out, num_shards=1, shard_index=0,
-                                       no_progress=True)
+        self.cfg = settle(dataclasses.replace(cfg, input_dir=self.staged, output_dir=out, num_shards=1,
+                                              shard_index=0, no_progress=True),
+                          probe=engine_maker is default_engine_maker)      # this actor's GPU
         self.fingerprint = self.cfg.fingerprint()
         self.heartbeat_s = heartbeat_s
         self.outstanding: dict[str, SourcePdf] = {}

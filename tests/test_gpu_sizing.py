@@ -1,0 +1,78 @@
+"""The defaults left to the GPU: a GPU of 64 GiB or more gets 256 pages in flight and the vision encoder in CUDA
+graphs, a smaller one (the 24 GB L4) or none the measured-safe 128 and eager encoder; what the user set wins."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+from doubles import ScriptedEngine
+from ocr.config import parse_config
+from ocr.engines.vllm import Platform, engine_kwargs
+from ocr.gpu_sizing import gpu_memory_gib, settle
+from pdfgen import make_pdf, numbered_pages
+
+H100 = Platform("cuda", fp8_kv=True, capability=(9, 0))
+
+
+def flags(*extra: str):
+    return parse_config(["--input-dir", ".", "--output-dir", "/tmp/x", *extra])
+
+
+@pytest.mark.parametrize("gib, seqs, in_flight, encoder_graphs", [
+    (139.8, 256, 320, True),        # H200
+    (79.6, 256, 320, True),         # H100 80GB, A100 80GB
+    (44.4, 128, 160, False),        # L40S
+    (22.0, 128, 160, False),        # L4, the reference box
+    (None, 128, 160, False),        # no GPU seen
+])
+def test_the_gpu_s_memory_sets_pages_in_flight_and_encoder_graphs(gib, seqs, in_flight, encoder_graphs):
+    cfg = settle(flags(), gib, probe=False)
+    kw, _ = engine_kwargs(cfg, H100)
+    assert (cfg.batch_pages, cfg.pages_in_flight, kw["max_num_seqs"]) == (seqs, in_flight, seqs)
+    assert kw["compilation_config"].get("cudagraph_mm_encoder", False) is encoder_graphs
+
+
+def test_what_the_user_set_wins_on_any_gpu():
+    assert flags().batch_pages is None and flags().mm_encoder_cudagraph is None
+    cfg = settle(flags("--batch-pages", "64", "--no-mm-encoder-cudagraph"), 139.8)
+    assert (cfg.batch_pages, cfg.mm_encoder_cudagraph) == (64, False)
+    cfg = settle(flags("--mm-encoder-cudagraph"), 22.0)
+    assert (cfg.batch_pages, cfg.mm_encoder_cudagraph) == (128, True)
+    assert settle(cfg, 139.8) == cfg                               # settled once: nothing left to the GPU
+
+
+def test_gpu_memory_comes_from_vllms_platform(monkeypatch):
+    import vllm.platforms
+    assert gpu_memory_gib() is None                                # this machine: vLLM's CPU platform
+    gpu = types.SimpleNamespace(is_cuda=lambda: True, get_device_total_memory=lambda i: 150_117_908_480)
+    monkeypatch.setattr(vllm.platforms, "current_platform", gpu)
+    assert gpu_memory_gib() == pytest.approx(139.8, abs=0.05)
+    assert settle(flags()).batch_pages == 256
+
+    def no_nvml(i):
+        raise RuntimeError("NVML Shared Library Not Found")
+    monkeypatch.setattr(vllm.platforms, "current_platform", types.SimpleNamespace(
+        is_cuda=lambda: True, get_device_total_memory=no_nvml))
+    assert gpu_memory_gib() is None and settle(flags()).batch_pages == 128
+
+
+def test_the_runner_settles_before_the_engine_and_the_report(tmp_path, inline_render):
+    """A run on a big GPU: the engine is built from the settled settings and the report says what ran."""
+    from ocr.cli import VLLM, run
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_pdf(src / "a.pdf", numbered_pages(2, "A"))
+    built = []
+
+    def factory(cfg):
+        built.append(cfg)
+        return ScriptedEngine
+    big = VLLM.__class__(VLLM.spec, factory, lambda cfg: settle(cfg, 139.8))
+    cfg = parse_config(["--input-dir", str(src), "--output-dir", str(out), "--render-workers", "1", "--no-progress"])
+    assert run(cfg, runner=big) == 0
+    assert [(c.batch_pages, c.mm_encoder_cudagraph) for c in built] == [(256, True)]
+    settings = json.loads((out / "run_report.json").read_text())["settings"]
+    assert (settings["batch_pages"], settings["mm_encoder_cudagraph"]) == (256, True)
+    assert (out / "a.md").read_text().count("Text of page") == 2
