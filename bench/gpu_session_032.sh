@@ -56,9 +56,9 @@ for job in "$@"; do
   log="$OUT/$name.log"
   prof=
   if [ $want_profile = 1 ]; then profile "$log" "$name" "$phase" > "$OUT/$name-profile.txt" 2>&1 & prof=$!; fi
-  # shellcheck disable=SC2086  # flags is a list
   batch=(--batch-pages "$BATCH")
   [ "$BATCH" = default ] && batch=()
+  # shellcheck disable=SC2086  # flags is a list
   env "${env[@]}" timeout "$ROW_TIMEOUT" python3 bench/bench.py --model /tmp/ckpt --load-format dummy --generate "$PAGES" \
     --corpus-dir /tmp/corpus-bench --force-tokens "$TOKENS" "${batch[@]}" --kv-cache-dtype fp8 \
     --render-workers 8 --preprocess-workers 8 --engine-runs core --proc-sample 2 --budget-s $((ROW_TIMEOUT - 20)) \
