@@ -153,14 +153,24 @@ def reap_children(timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+# psutil lists a process's descendants by reading every /proc/<pid>/stat in Python: on the H200 box (session
+# 10) the monitor thread was in that listing in 31% of the runner phase's samples, holding the GIL the runner's
+# input threads need. The list is read again only this often; each sample still reads every listed RSS.
+CHILDREN_REFRESH_S = 2.0
+_children: dict[str, Any] = {"at": -1e9, "procs": []}
+
+
 def _tree_rss() -> tuple[float, float]:
-    """(this process, this process + all descendants) resident memory in MiB, right now."""
+    """(this process, this process + all descendants) resident memory in MiB, right now (descendants as
+    listed at most CHILDREN_REFRESH_S ago)."""
     try:
         import psutil
         me = psutil.Process()
         own = me.memory_info().rss
+        if time.monotonic() - _children["at"] >= CHILDREN_REFRESH_S:
+            _children.update(at=time.monotonic(), procs=me.children(recursive=True))
         total = own
-        for child in me.children(recursive=True):
+        for child in _children["procs"]:
             try:
                 total += child.memory_info().rss
             except psutil.Error:
@@ -210,6 +220,7 @@ class Monitor:
         return self
 
     def set_phase(self, name: str) -> None:
+        _children["at"] = -1e9              # a phase may start processes: list them again
         self._sample()
         self.phase = name
         self._sample()

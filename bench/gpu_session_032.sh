@@ -6,7 +6,8 @@
 #   EXTRA   more bench flags, commas for spaces (e.g. --ngram-size,0 or --ngram-impl,vllm)
 # Special rows: `guard` runs bench/ngram_bench.py on the GPU; `profile` (as EXTRA word `+profile`)
 # samples the engine core with py-spy for 12 s of the steady engine-core run (bench/profile_split.py);
-# `+rprofile` samples the engine core and the runner's own process (all its threads) in the runner phase.
+# `+rprofile` samples the engine core and the runner's own process (all its threads) in the runner phase, then
+# the runner's process for 12 s more with --gil (the thread holding the GIL).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:/tmp/site-x:$PWD PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
 OUT=${OUT:-/tmp/out}
@@ -19,10 +20,10 @@ ROW_TIMEOUT=${ROW_TIMEOUT:-400}      # seconds per row (bench.py's --budget-s is
 ATTN=(--attention-backend TRITON_ATTN --mm-encoder-attn-backend TORCH_SDPA)
 [ -f /tmp/ckpt/config.json ] || python3 bench/make_full_ckpt.py /tmp/ckpt bench/deepseek_ocr_config.json >/dev/null
 
-spy() {  # pid file: 12 s of py-spy samples of every thread of one process
-  /tmp/site/bin/py-spy record --format raw --idle --threads --full-filenames -r 50 -d 12 -p "$1" -o "$2" \
-    >/dev/null 2>&1 || py-spy record --format raw --idle --threads --full-filenames -r 50 -d 12 -p "$1" \
-    -o "$2" >/dev/null 2>&1
+spy() {  # pid file [py-spy flags]: 12 s of py-spy samples of every thread of one process
+  local pid=$1 file=$2; shift 2
+  local args=(record --format raw --idle --threads --full-filenames -r 50 -d 12 "$@" -p "$pid" -o "$file")
+  /tmp/site/bin/py-spy "${args[@]}" >/dev/null 2>&1 || py-spy "${args[@]}" >/dev/null 2>&1
 }
 
 profile() {  # log file, name, phase (core|runner): wait for that phase, then sample the engine core for 12 s
@@ -33,9 +34,13 @@ profile() {  # log file, name, phase (core|runner): wait for that phase, then sa
   pid=$(pgrep -f "VLLM::EngineCore" | head -1)
   [ -n "$pid" ] || { echo "profile: no engine core"; return; }
   # ^python3: the `timeout 400 python3 bench/bench.py` wrapping it names bench.py too (and has a lower pid)
-  if [ "$phase" = runner ]; then spy "$(pgrep -f "^python3 bench/bench.py" | head -1)" "$OUT/$name-main-pyspy.txt" & fi
+  local runner_pid; runner_pid=$(pgrep -f "^python3 bench/bench.py" | head -1)
+  if [ "$phase" = runner ]; then spy "$runner_pid" "$OUT/$name-main-pyspy.txt" & fi
   spy "$pid" "$OUT/$name-pyspy.txt"
   wait
+  # Then only the thread holding the GIL (--gil): in session 10's runner phase all eight input threads and
+  # the monitor's /proc reads looked busy, which waiting for the GIL looks like without --gil.
+  [ "$phase" = runner ] && spy "$runner_pid" "$OUT/$name-main-gil-pyspy.txt" --gil
   python3 bench/profile_split.py "$OUT/$name-pyspy.txt" --json "$OUT/$name-split.json"
 }
 
