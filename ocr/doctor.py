@@ -165,6 +165,26 @@ def check_gpu_memory(gpus: list[Gpu], utilization: float) -> Check:
                  f"--gpu-memory-utilization {lower:.2f}")
 
 
+def check_sizing(gpus: list[Gpu], ram_gib: float | None) -> Check:
+    """What the runner's GPU-sized defaults come to on this box (ocr/gpu_sizing.py): information, never a fault."""
+    from .gpu_sizing import BIG_GPU_BATCH, big_gpu
+    from .config import SMALL_GPU_BATCH
+    smallest = min(g.total_mib for g in gpus) / 1024
+    per_gpu = ram_gib / len(gpus) if ram_gib else None
+    big = big_gpu(smallest, per_gpu)
+    ram_text = f", {per_gpu:.0f} GiB of RAM per GPU" if per_gpu else ""
+    return Check("defaults", "OK", f"{smallest:.0f} GiB GPUs{ram_text}: --batch-pages "
+                 f"{BIG_GPU_BATCH if big else SMALL_GPU_BATCH}, vision encoder "
+                 f"{'in CUDA graphs' if big else 'eager'} unless set on the command line")
+
+
+def host_ram_gib() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 # The oldest driver that runs any build of a CUDA major version (NVIDIA's minor-version compatibility
 # table); vLLM 0.32's wheels and torch 2.13 from PyPI are CUDA 13.0 builds.
 MIN_DRIVER = {13: "580", 12: "525.60.13", 11: "450.80.02"}
@@ -346,7 +366,8 @@ def run_checks(model: str, output_dir: Path, utilization: float = 0.9) -> tuple[
     torch_cuda, cuda_ok = torch_cuda_info()
     checks = [check_python(), check_gpus(gpus)]
     if gpus:
-        checks += [check_gpu_memory(gpus, utilization), check_driver(gpus, driver_cuda_version(), torch_cuda)]
+        checks += [check_gpu_memory(gpus, utilization), check_sizing(gpus, host_ram_gib()),
+                   check_driver(gpus, driver_cuda_version(), torch_cuda)]
     checks += [check_torch(bool(gpus), torch_cuda, cuda_ok), check_vllm(bool(gpus)), check_weights(model),
                check_disk(output_dir), check_tmux()]
     return checks, gpus

@@ -10,11 +10,12 @@ from .config import SMALL_GPU_BATCH, Config
 
 log = logging.getLogger(__name__)
 
-# Measured on the H200 (NOTES.md, sessions 8-9, 784 pages): 256 pages in flight with encoder graphs made the
-# runner 18.42 pages/s with the GPU busy 83%, the old defaults (128, eager encoder) 8.21 and 40%. The graphs
-# took ~6% of its KV cache and the 256 pages ~10 GB of the host's RAM; on a 24 GB L4 (the reference box, 96 GB
-# RAM for 4 workers) neither is measured, so below this size the defaults stay as they were.
+# Measured on the H200 (NOTES.md, sessions 8-10): 256 pages in flight with encoder graphs made the runner 18.42
+# pages/s with the GPU busy 83%, the old defaults (128, eager encoder) 8.21 and 40%. The graphs took ~6% of its
+# KV cache; the runner's process tree held ~35 GB of RAM at 256 (bench.py's monitor, session 10). On a 24 GB
+# L4 (the reference box, 96 GB of RAM for 4 workers) neither is measured, so below these the defaults stay.
 BIG_GPU_GIB = 64
+RAM_PER_GPU_GIB = 40
 BIG_GPU_BATCH = 256
 
 
@@ -30,17 +31,42 @@ def gpu_memory_gib() -> float | None:
         return None
 
 
-def settle(cfg: Config, memory_gib: float | None = None, probe: bool = True) -> Config:
+def ram_per_gpu_gib() -> float | None:
+    """The host's RAM over all its GPUs (the workers of one box share it), None if either is unknown."""
+    try:
+        import psutil
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+        return psutil.virtual_memory().total / 2**30 / max(1, count)
+    except Exception as exc:
+        log.debug("RAM per GPU unknown (%s)", exc)
+        return None
+
+
+def big_gpu(gpu_gib: float | None, ram_gib: float | None) -> bool:
+    """256 pages and encoder graphs: a GPU of BIG_GPU_GIB or more, with RAM_PER_GPU_GIB of RAM (unknown: enough)."""
+    return gpu_gib is not None and gpu_gib >= BIG_GPU_GIB and (ram_gib is None or ram_gib >= RAM_PER_GPU_GIB)
+
+
+def settle(cfg: Config, memory_gib: float | None = None, probe: bool = True,
+           ram_gib: float | None = None) -> Config:
     """cfg with --batch-pages and --mm-encoder-cudagraph decided where the user left them unset (None):
-    256 and on for a GPU of BIG_GPU_GIB or more, 128 and off otherwise (or without a GPU)."""
+    256 and on for a big GPU (big_gpu), 128 and off otherwise (or without a GPU)."""
     if cfg.batch_pages is not None and cfg.mm_encoder_cudagraph is not None:
         return cfg
     gib = memory_gib if memory_gib is not None or not probe else gpu_memory_gib()
-    big = gib is not None and gib >= BIG_GPU_GIB
+    ram = ram_gib if ram_gib is not None or not probe or gib is None else ram_per_gpu_gib()
+    big = big_gpu(gib, ram)
     batch = cfg.batch_pages if cfg.batch_pages is not None else BIG_GPU_BATCH if big else SMALL_GPU_BATCH
     graphs = cfg.mm_encoder_cudagraph if cfg.mm_encoder_cudagraph is not None else big
     settled = dataclasses.replace(cfg, batch_pages=batch, mm_encoder_cudagraph=graphs)
     if gib is not None:
-        log.info("GPU of %.0f GiB: %d pages in flight (--batch-pages), vision encoder %s (--mm-encoder-cudagraph)",
-                 gib, settled.batch_pages, "in CUDA graphs" if settled.mm_encoder_cudagraph else "eager")
+        ram_text = f", {ram:.0f} GiB of RAM per GPU" if ram is not None else ""
+        log.info("GPU of %.0f GiB%s: %d pages in flight (--batch-pages), vision encoder %s "
+                 "(--mm-encoder-cudagraph)", gib, ram_text, settled.batch_pages,
+                 "in CUDA graphs" if settled.mm_encoder_cudagraph else "eager")
     return settled

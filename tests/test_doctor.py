@@ -130,6 +130,16 @@ def test_fake_nvidia_smi_gpus_busy_memory_and_old_driver(tmp_path, monkeypatch, 
                              "&& scripts/setup_env.sh gpu   (on AWS: aws/setup_multi_gpu_env.sh)")
 
 
+def test_doctor_says_what_the_gpu_sized_defaults_come_to():
+    l4s = [doctor.Gpu(i, "NVIDIA L4", 23034, 22700, "580.65.06") for i in range(4)]
+    assert doctor.check_sizing(l4s, 92.0).line() == ("OK   defaults: 22 GiB GPUs, 23 GiB of RAM per GPU: "
+                                                    "--batch-pages 128, vision encoder eager unless set on the "
+                                                    "command line")
+    h200 = [doctor.Gpu(0, "NVIDIA H200", 143771, 143000, "580.65.06")]
+    assert "--batch-pages 256, vision encoder in CUDA graphs" in doctor.check_sizing(h200, 125.0).line()
+    assert "--batch-pages 128" in doctor.check_sizing(h200 * 8, 125.0).line()     # 16 GiB of RAM per GPU
+
+
 def test_gpu_machine_that_is_ready(monkeypatch):
     gpus = [doctor.Gpu(i, "NVIDIA L4", 23034, 22700, "580.65.06") for i in range(4)]
     assert doctor.check_gpu_memory(gpus, 0.9).status == "OK"

@@ -11,7 +11,7 @@ import pytest
 from doubles import ScriptedEngine
 from ocr.config import parse_config
 from ocr.engines.vllm import Platform, engine_kwargs
-from ocr.gpu_sizing import gpu_memory_gib, settle
+from ocr.gpu_sizing import gpu_memory_gib, ram_per_gpu_gib, settle
 from pdfgen import make_pdf, numbered_pages
 
 H100 = Platform("cuda", fp8_kv=True, capability=(9, 0))
@@ -21,15 +21,17 @@ def flags(*extra: str):
     return parse_config(["--input-dir", ".", "--output-dir", "/tmp/x", *extra])
 
 
-@pytest.mark.parametrize("gib, seqs, in_flight, encoder_graphs", [
-    (139.8, 256, 320, True),        # H200
-    (79.6, 256, 320, True),         # H100 80GB, A100 80GB
-    (44.4, 128, 160, False),        # L40S
-    (22.0, 128, 160, False),        # L4, the reference box
-    (None, 128, 160, False),        # no GPU seen
+@pytest.mark.parametrize("gib, ram, seqs, in_flight, encoder_graphs", [
+    (139.8, 125.0, 256, 320, True),     # the lent H200: one GPU, 128 GB of RAM
+    (79.6, 256.0, 256, 320, True),      # H100 80GB, A100 80GB: p5.48xlarge, 2 TB over 8 GPUs
+    (79.6, None, 256, 320, True),       # RAM unknown: taken as enough
+    (79.6, 32.0, 128, 160, False),      # a big GPU on a box with 32 GiB of RAM per GPU
+    (44.4, 192.0, 128, 160, False),     # L40S
+    (22.0, 24.0, 128, 160, False),      # L4, the reference box (4x L4, 96 GB)
+    (None, None, 128, 160, False),      # no GPU seen
 ])
-def test_the_gpu_s_memory_sets_pages_in_flight_and_encoder_graphs(gib, seqs, in_flight, encoder_graphs):
-    cfg = settle(flags(), gib, probe=False)
+def test_the_gpu_s_memory_sets_pages_in_flight_and_encoder_graphs(gib, ram, seqs, in_flight, encoder_graphs):
+    cfg = settle(flags(), gib, probe=False, ram_gib=ram)
     kw, _ = engine_kwargs(cfg, H100)
     assert (cfg.batch_pages, cfg.pages_in_flight, kw["max_num_seqs"]) == (seqs, in_flight, seqs)
     assert kw["compilation_config"].get("cudagraph_mm_encoder", False) is encoder_graphs
@@ -47,10 +49,14 @@ def test_what_the_user_set_wins_on_any_gpu():
 def test_gpu_memory_comes_from_vllms_platform(monkeypatch):
     import vllm.platforms
     assert gpu_memory_gib() is None                                # this machine: vLLM's CPU platform
+    assert ram_per_gpu_gib() is None                               # and no NVML
     gpu = types.SimpleNamespace(is_cuda=lambda: True, get_device_total_memory=lambda i: 150_117_908_480)
     monkeypatch.setattr(vllm.platforms, "current_platform", gpu)
+    monkeypatch.setattr("ocr.gpu_sizing.ram_per_gpu_gib", lambda: 125.0)
     assert gpu_memory_gib() == pytest.approx(139.8, abs=0.05)
     assert settle(flags()).batch_pages == 256
+    monkeypatch.setattr("ocr.gpu_sizing.ram_per_gpu_gib", lambda: 30.0)      # 8 such GPUs, 240 GiB of RAM
+    assert settle(flags()).batch_pages == 128
 
     def no_nvml(i):
         raise RuntimeError("NVML Shared Library Not Found")
@@ -69,7 +75,7 @@ def test_the_runner_settles_before_the_engine_and_the_report(tmp_path, inline_re
     def factory(cfg):
         built.append(cfg)
         return ScriptedEngine
-    big = VLLM.__class__(VLLM.spec, factory, lambda cfg: settle(cfg, 139.8))
+    big = VLLM.__class__(VLLM.spec, factory, lambda cfg: settle(cfg, 139.8, ram_gib=125.0))
     cfg = parse_config(["--input-dir", str(src), "--output-dir", str(out), "--render-workers", "1", "--no-progress"])
     assert run(cfg, runner=big) == 0
     assert [(c.batch_pages, c.mm_encoder_cudagraph) for c in built] == [(256, True)]
