@@ -163,23 +163,49 @@ _children: dict[str, Any] = {"at": -1e9, "procs": []}
 def _tree_rss() -> tuple[float, float]:
     """(this process, this process + all descendants) resident memory in MiB, right now (descendants as
     listed at most CHILDREN_REFRESH_S ago)."""
+    return _tree_usage()[:2]
+
+
+def _tree_usage() -> tuple[float, float, float, float]:
+    """_tree_rss's two figures, then CPU seconds used so far (user + system) by this process and by it with
+    its descendants (those alive now: an ended child's time is not counted)."""
     try:
         import psutil
         me = psutil.Process()
-        own = me.memory_info().rss
+        own, cpu = me.memory_info().rss, sum(me.cpu_times()[:2])
         if time.monotonic() - _children["at"] >= CHILDREN_REFRESH_S:
             _children.update(at=time.monotonic(), procs=me.children(recursive=True))
-        total = own
+        total, tree_cpu = own, cpu
         for child in _children["procs"]:
             try:
                 total += child.memory_info().rss
+                tree_cpu += sum(child.cpu_times()[:2])
             except psutil.Error:
                 pass
-        return own / MB, total / MB
+        return own / MB, total / MB, cpu, tree_cpu
     except Exception:
         with open("/proc/self/statm") as f:
             own = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
-        return own, own
+        times = os.times()
+        return own, own, times.user + times.system, times.user + times.system
+
+
+def thread_cpu() -> dict[str, tuple[int, float]]:
+    """CPU seconds (user + system) of this process's live Python threads, by name with a trailing _N or -N
+    dropped (vllm-input_0..7 are one entry): name -> (threads, seconds). Linux only ({} elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[str, tuple[int, float]] = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()       # after "(comm)": state is fields[0]
+            seconds = (int(fields[11]) + int(fields[12])) / tick   # utime, stime
+        except (OSError, IndexError, ValueError, TypeError):
+            continue
+        name = re.sub(r"[_-]\d+$", "", thread.name.split(" (")[0])
+        n, total = out.get(name, (0, 0.0))
+        out[name] = (n + 1, total + seconds)
+    return out
 
 
 def query_gpus() -> list[tuple[float, float]] | None:
@@ -221,14 +247,22 @@ class Monitor:
 
     def set_phase(self, name: str) -> None:
         _children["at"] = -1e9              # a phase may start processes: list them again
-        self._sample()
+        self._sample(end=True)
         self.phase = name
-        self._sample()
+        self._sample(start=True)
 
-    def _sample(self) -> None:
-        own, tree = _tree_rss()
+    def _sample(self, start: bool = False, end: bool = False) -> None:
+        own, tree, cpu, tree_cpu = _tree_usage()
         p = self.phases.setdefault(self.phase, {"samples": 0, "rss_self_max_mb": 0.0, "rss_tree_max_mb": 0.0,
                                                 "gpu_util": [], "gpu_mem_max_mb": 0.0})
+        # CPU over the phase, from its first sample to its last; the threads' at its two ends only
+        now = (time.monotonic(), cpu, tree_cpu)
+        p.setdefault("cpu_first", now)
+        p["cpu_last"] = now
+        if start:
+            p["threads_first"] = thread_cpu()
+        if end:
+            p["threads_last"] = thread_cpu()
         p["samples"] += 1
         p["rss_self_max_mb"] = max(p["rss_self_max_mb"], own)
         p["rss_tree_max_mb"] = max(p["rss_tree_max_mb"], tree)
@@ -248,7 +282,25 @@ class Monitor:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=15)
-        self._sample()
+        self._sample(end=True)
+
+    def cpu_json(self) -> dict[str, Any]:
+        """Per phase: CPU cores used on average by this process and by its tree, and by this process's threads
+        (by name: how many, and the cores they used together), where the phase was marked at both ends."""
+        out = {}
+        for k, v in self.phases.items():
+            (t0, c0, tc0), (t1, c1, tc1) = v["cpu_first"], v["cpu_last"]
+            wall = t1 - t0
+            if wall <= 0.5:
+                continue
+            entry: dict[str, Any] = {"wall_s": round(wall, 1), "cores_self": round((c1 - c0) / wall, 2),
+                                     "cores_tree": round(max(0.0, tc1 - tc0) / wall, 2)}
+            first, last = v.get("threads_first"), v.get("threads_last")
+            if first is not None and last is not None:
+                entry["threads"] = {name: {"threads": n, "cores": round((sec - first[name][1]) / wall, 2)}
+                                    for name, (n, sec) in sorted(last.items()) if name in first}
+            out[k] = entry
+        return out
 
     def memory_json(self) -> dict[str, Any]:
         return {k: {"rss_self_max_mb": round(v["rss_self_max_mb"], 1),
@@ -731,6 +783,7 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
     res["ratio"] = ratios(res)
     res["stages"] = stage_summary(timers, cfg, res)
     res["memory"] = {"peak_rss": rusage_peaks(), "phases": monitor.memory_json()}
+    res["cpu"] = monitor.cpu_json()
     res["gpu"] = monitor.gpu_json()
     return res
 
@@ -1197,6 +1250,13 @@ def print_engine_summary(res: dict[str, Any]) -> None:
                  f"{m['peak_rss']['children_max_mb']} MiB")
     lines.append("  sampled per phase, this process / whole tree (MiB): " + ", ".join(
         f"{k} {v['rss_self_max_mb']:.0f}/{v['rss_tree_max_mb']:.0f}" for k, v in m["phases"].items()))
+    for phase in ("engine_core", "runner"):
+        c = res.get("cpu", {}).get(phase)
+        if c:
+            busy = ", ".join(f"{name} {t['threads']}x {t['cores']}" for name, t in c.get("threads", {}).items()
+                             if t["cores"] >= 0.05)
+            lines.append(f"CPU cores, {phase} phase: this process {c['cores_self']}, with its children "
+                         f"{c['cores_tree']}; its threads (count x cores together): {busy or '-'}")
     if res["gpu"]:
         lines.append("GPU utilization per phase, mean/max % and memory max MiB: " + ", ".join(
             f"{k} {v['util_mean_pct']}/{v['util_max_pct']}/{v['mem_max_mb']:.0f}"

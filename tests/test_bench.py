@@ -391,3 +391,38 @@ def test_force_tokens_parses(fake_vllm, text, parsed):
 def test_force_tokens_refuses_nonsense(fake_vllm, text):
     with pytest.raises(argparse.ArgumentTypeError):
         fake_vllm.parse_force_tokens(text)
+
+
+def test_the_monitor_says_which_threads_used_the_cpu_in_each_phase():
+    """The runner phase's question on a GPU box: are the input threads computing, or waiting (for the GIL,
+    for work)? A thread spinning for a second shows about one core; one asleep shows none."""
+    import threading
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench import Monitor
+
+    monitor = Monitor(0.1, gpu=False).start()
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            sum(range(1000))
+    workers = [threading.Thread(target=spin, name=f"spinner_{i}") for i in range(1)] + \
+        [threading.Thread(target=stop.wait, name="sleeper_0")]
+    for w in workers:
+        w.start()
+    monitor.set_phase("busy")
+    time.sleep(1.5)
+    monitor.set_phase("after")
+    stop.set()
+    for w in workers:
+        w.join()
+    time.sleep(0.7)
+    monitor.stop()
+    cpu = monitor.cpu_json()
+    busy = cpu["busy"]
+    assert busy["wall_s"] >= 1.4 and busy["threads"]["spinner"]["threads"] == 1
+    assert busy["threads"]["spinner"]["cores"] >= 0.3            # a loaded 2-core CI box still gives it a third
+    assert busy["threads"]["sleeper"]["cores"] < 0.05
+    assert busy["cores_self"] >= busy["threads"]["spinner"]["cores"] - 0.05
+    assert busy["cores_tree"] >= busy["cores_self"] - 0.05
+    assert "threads" not in cpu["after"] or "spinner" not in cpu["after"]["threads"]   # it ended in that phase
