@@ -85,8 +85,8 @@ class Config:
     load_format: str = opt("auto", "vLLM load_format; 'dummy' = random weights, for throughput tests only",
                            engine="vllm", output=True, choices=("auto", "dummy"))
     batch_pages: int | None = opt(None, "pages decoding in the engine at once (continuous batching; vLLM "
-                                  "max_num_seqs; default: 256 on a GPU of 64 GiB or more, else 128; "
-                                  "ocr/gpu_sizing.py)", output=False, type=int)
+                                  "max_num_seqs; default: 256 on a GPU of 64 GiB or more with 40 GiB "
+                                  "of the host's RAM per GPU, else 128; ocr/gpu_sizing.py)", output=False, type=int)
     max_num_seqs: int | None = opt(None, "vLLM max_num_seqs (default: --batch-pages)", engine="vllm",
                                    output=False, type=int)
     queue_ahead: int | None = opt(None, "pages prepared and waiting in the engine beyond --batch-pages, so "
@@ -114,8 +114,8 @@ class Config:
     enforce_eager: bool = opt(False, "disable CUDA graphs", engine="vllm", output=False)
     mm_encoder_cudagraph: bool | None = opt(None, "capture the vision encoder in CUDA graphs (vLLM's "
                                             "compilation_config cudagraph_mm_encoder, where this vLLM has it; "
-                                            "batches holding a Large view run eagerly); default: on for a GPU "
-                                            "of 64 GiB or more, off below (ocr/gpu_sizing.py)", engine="vllm",
+                                            "batches holding a Large view run eagerly); default: on where "
+                                            "--batch-pages defaults to 256, off otherwise (ocr/gpu_sizing.py)", engine="vllm",
                                             output=False, action=argparse.BooleanOptionalAction)
     cudagraph_max_tokens: int = opt(2048, "capture the decoder in CUDA graphs for steps of up to this many "
                                     "tokens, 128 apart past 512; 0 = vLLM's own sizes, which stop at 512, so a "
