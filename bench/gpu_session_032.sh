@@ -21,8 +21,11 @@ ATTN=(--attention-backend TRITON_ATTN --mm-encoder-attn-backend TORCH_SDPA)
 [ -f /tmp/ckpt/config.json ] || python3 bench/make_full_ckpt.py /tmp/ckpt bench/deepseek_ocr_config.json >/dev/null
 
 spy() {  # pid file [py-spy flags]: 12 s of py-spy samples of every thread of one process
+  # --nonblocking: py-spy otherwise pauses the process at each sample, and the rows' figures are measured
+  # while it samples (session 10's runner phase had both processes under it for 12 of its 47 s).
   local pid=$1 file=$2; shift 2
-  local args=(record --format raw --idle --threads --full-filenames -r 50 -d 12 "$@" -p "$pid" -o "$file")
+  local args=(record --format raw --idle --threads --full-filenames --nonblocking -r 50 -d 12 "$@" -p "$pid"
+              -o "$file")
   /tmp/site/bin/py-spy "${args[@]}" >/dev/null 2>&1 || py-spy "${args[@]}" >/dev/null 2>&1
 }
 

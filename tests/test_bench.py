@@ -426,3 +426,19 @@ def test_the_monitor_says_which_threads_used_the_cpu_in_each_phase():
     assert busy["cores_self"] >= busy["threads"]["spinner"]["cores"] - 0.05
     assert busy["cores_tree"] >= busy["cores_self"] - 0.05
     assert "threads" not in cpu["after"] or "spinner" not in cpu["after"]["threads"]   # it ended in that phase
+
+
+def test_the_generated_corpus_is_made_in_parallel_and_never_reused_half_written(tmp_path):
+    """A run killed while generating leaves `.part` files, not PDFs the next run would take as done."""
+    import pymupdf
+    sys.path.insert(0, str(ROOT / "bench"))
+    import corpus
+
+    (tmp_path / "text001-5p-b2.pdf.part").write_bytes(b"%PDF-1.7 half")      # what a kill leaves behind
+    paths = corpus.generate(tmp_path, 3, 5, blank_every=2, kind="text")
+    assert [p.name for p in paths] == ["text000-5p-b2.pdf", "text001-5p-b2.pdf", "text002-5p-b2.pdf"]
+    for path in paths:
+        with pymupdf.open(path) as doc:
+            assert doc.page_count == 5
+            assert [bool(doc[i].get_text().strip()) for i in range(5)] == [True, False, True, False, True]
+    assert not list(tmp_path.glob("*.part"))
