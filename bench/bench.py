@@ -190,6 +190,13 @@ def _tree_usage() -> tuple[float, float, float, float]:
         return own, own, times.user + times.system, times.user + times.system
 
 
+def cpu_mark() -> tuple[float, float, float, dict[str, tuple[int, float]]]:
+    """(monotonic time, this process's CPU seconds, its tree's, its threads' by name), read back to back."""
+    now, times, threads = time.monotonic(), os.times(), thread_cpu()
+    tree = _tree_usage()[3]
+    return now, times.user + times.system, max(tree, times.user + times.system), threads
+
+
 def thread_cpu() -> dict[str, tuple[int, float]]:
     """CPU seconds (user + system) of this process's live Python threads, by name with a trailing _N or -N
     dropped (vllm-input_0..7 are one entry): name -> (threads, seconds). Linux only ({} elsewhere)."""
@@ -252,17 +259,14 @@ class Monitor:
         self._sample(start=True)
 
     def _sample(self, start: bool = False, end: bool = False) -> None:
-        own, tree, cpu, tree_cpu = _tree_usage()
+        own, tree, _, _ = _tree_usage()
         p = self.phases.setdefault(self.phase, {"samples": 0, "rss_self_max_mb": 0.0, "rss_tree_max_mb": 0.0,
                                                 "gpu_util": [], "gpu_mem_max_mb": 0.0})
-        # CPU over the phase, from its first sample to its last; the threads' at its two ends only
-        now = (time.monotonic(), cpu, tree_cpu)
-        p.setdefault("cpu_first", now)
-        p["cpu_last"] = now
+        # CPU over the phase: marked at its two ends only (set_phase, stop), not by the sampling thread
         if start:
-            p["threads_first"] = thread_cpu()
+            p["cpu_first"] = cpu_mark()
         if end:
-            p["threads_last"] = thread_cpu()
+            p["cpu_last"] = cpu_mark()
         p["samples"] += 1
         p["rss_self_max_mb"] = max(p["rss_self_max_mb"], own)
         p["rss_tree_max_mb"] = max(p["rss_tree_max_mb"], tree)
@@ -289,17 +293,16 @@ class Monitor:
         (by name: how many, and the cores they used together), where the phase was marked at both ends."""
         out = {}
         for k, v in self.phases.items():
-            (t0, c0, tc0), (t1, c1, tc1) = v["cpu_first"], v["cpu_last"]
+            if "cpu_first" not in v or "cpu_last" not in v:
+                continue
+            (t0, c0, tc0, first), (t1, c1, tc1, last) = v["cpu_first"], v["cpu_last"]
             wall = t1 - t0
             if wall <= 0.5:
                 continue
-            entry: dict[str, Any] = {"wall_s": round(wall, 1), "cores_self": round((c1 - c0) / wall, 2),
-                                     "cores_tree": round(max(0.0, tc1 - tc0) / wall, 2)}
-            first, last = v.get("threads_first"), v.get("threads_last")
-            if first is not None and last is not None:
-                entry["threads"] = {name: {"threads": n, "cores": round((sec - first[name][1]) / wall, 2)}
-                                    for name, (n, sec) in sorted(last.items()) if name in first}
-            out[k] = entry
+            out[k] = {"wall_s": round(wall, 1), "cores_self": round((c1 - c0) / wall, 2),
+                      "cores_tree": round(max(0.0, tc1 - tc0) / wall, 2),
+                      "threads": {name: {"threads": n, "cores": round((sec - first[name][1]) / wall, 2)}
+                                  for name, (n, sec) in sorted(last.items()) if name in first}}
         return out
 
     def memory_json(self) -> dict[str, Any]:
