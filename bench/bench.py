@@ -163,38 +163,45 @@ _children: dict[str, Any] = {"at": -1e9, "procs": []}
 def _tree_rss() -> tuple[float, float]:
     """(this process, this process + all descendants) resident memory in MiB, right now (descendants as
     listed at most CHILDREN_REFRESH_S ago)."""
-    return _tree_usage()[:2]
-
-
-def _tree_usage() -> tuple[float, float, float, float]:
-    """_tree_rss's two figures, then CPU seconds used so far (user + system) by this process and by it with
-    its descendants (those alive now: an ended child's time is not counted)."""
     try:
         import psutil
         me = psutil.Process()
-        own, cpu = me.memory_info().rss, sum(me.cpu_times()[:2])
-        if time.monotonic() - _children["at"] >= CHILDREN_REFRESH_S:
-            _children.update(at=time.monotonic(), procs=me.children(recursive=True))
-        total, tree_cpu = own, cpu
-        for child in _children["procs"]:
+        own = me.memory_info().rss
+        total = own
+        for child in _descendants(me):
             try:
                 total += child.memory_info().rss
-                tree_cpu += sum(child.cpu_times()[:2])
             except psutil.Error:
                 pass
-        return own / MB, total / MB, cpu, tree_cpu
+        return own / MB, total / MB
     except Exception:
         with open("/proc/self/statm") as f:
             own = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
-        times = os.times()
-        return own, own, times.user + times.system, times.user + times.system
+        return own, own
+
+
+def _descendants(me: Any) -> list[Any]:
+    if time.monotonic() - _children["at"] >= CHILDREN_REFRESH_S:
+        _children.update(at=time.monotonic(), procs=me.children(recursive=True))
+    return _children["procs"]
 
 
 def cpu_mark() -> tuple[float, float, float, dict[str, tuple[int, float]]]:
-    """(monotonic time, this process's CPU seconds, its tree's, its threads' by name), read back to back."""
+    """(monotonic time, CPU seconds used so far by this process, by it with its descendants (those alive
+    now: an ended child's time is not counted), by its threads by name), read back to back."""
     now, times, threads = time.monotonic(), os.times(), thread_cpu()
-    tree = _tree_usage()[3]
-    return now, times.user + times.system, max(tree, times.user + times.system), threads
+    own = times.user + times.system
+    tree = own
+    try:
+        import psutil
+        for child in _descendants(psutil.Process()):
+            try:
+                tree += sum(child.cpu_times()[:2])
+            except psutil.Error:
+                pass
+    except Exception:
+        pass
+    return now, own, tree, threads
 
 
 def thread_cpu() -> dict[str, tuple[int, float]]:
@@ -259,7 +266,7 @@ class Monitor:
         self._sample(start=True)
 
     def _sample(self, start: bool = False, end: bool = False) -> None:
-        own, tree, _, _ = _tree_usage()
+        own, tree = _tree_rss()
         p = self.phases.setdefault(self.phase, {"samples": 0, "rss_self_max_mb": 0.0, "rss_tree_max_mb": 0.0,
                                                 "gpu_util": [], "gpu_mem_max_mb": 0.0})
         # CPU over the phase: marked at its two ends only (set_phase, stop), not by the sampling thread

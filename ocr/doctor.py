@@ -178,13 +178,6 @@ def check_sizing(gpus: list[Gpu], ram_gib: float | None) -> Check:
                  f"{'in CUDA graphs' if big else 'eager'} unless set on the command line")
 
 
-def host_ram_gib() -> float | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 # The oldest driver that runs any build of a CUDA major version (NVIDIA's minor-version compatibility
 # table); vLLM 0.32's wheels and torch 2.13 from PyPI are CUDA 13.0 builds.
 MIN_DRIVER = {13: "580", 12: "525.60.13", 11: "450.80.02"}
@@ -366,6 +359,7 @@ def run_checks(model: str, output_dir: Path, utilization: float = 0.9) -> tuple[
     torch_cuda, cuda_ok = torch_cuda_info()
     checks = [check_python(), check_gpus(gpus)]
     if gpus:
+        from .gpu_sizing import host_ram_gib
         checks += [check_gpu_memory(gpus, utilization), check_sizing(gpus, host_ram_gib()),
                    check_driver(gpus, driver_cuda_version(), torch_cuda)]
     checks += [check_torch(bool(gpus), torch_cuda, cuda_ok), check_vllm(bool(gpus)), check_weights(model),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 from .config import SMALL_GPU_BATCH, Config
 
@@ -31,20 +32,27 @@ def gpu_memory_gib() -> float | None:
         return None
 
 
+def host_ram_gib() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def ram_per_gpu_gib() -> float | None:
     """The host's RAM over all its GPUs (the workers of one box share it), None if either is unknown."""
     try:
-        import psutil
         import pynvml
         pynvml.nvmlInit()
         try:
             count = pynvml.nvmlDeviceGetCount()
         finally:
             pynvml.nvmlShutdown()
-        return psutil.virtual_memory().total / 2**30 / max(1, count)
     except Exception as exc:
         log.debug("RAM per GPU unknown (%s)", exc)
         return None
+    ram = host_ram_gib()
+    return ram / max(1, count) if ram is not None else None
 
 
 def big_gpu(gpu_gib: float | None, ram_gib: float | None) -> bool:
