@@ -191,3 +191,40 @@ def test_a_signal_that_also_stops_the_engine_does_not_rebuild_it(tmp_path, inlin
     assert report["interrupted"] == "stopped by SIGTERM"
     assert run_cli(args(src, out)) == 0
     assert (out / "doc0.md").read_text(encoding="utf-8").count("# Page") == 4
+
+
+def test_an_engine_core_whose_own_helpers_exit_is_still_alive(tmp_path):
+    """With cold compile caches vLLM's engine core starts compile workers that exit minutes after the load;
+    that is not a dead engine (it once restarted a healthy one on an H200). The core's exit is."""
+    import subprocess
+    import sys
+
+    import psutil
+    from ocr.engines.processes import EngineProcesses, child_pids, reap
+
+    flag = tmp_path / "helper-done"
+    core_code = ("import subprocess, sys, time\n"
+                 "helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1.5)'])\n"
+                 f"helper.wait(); open({str(flag)!r}, 'w').close()\n"
+                 "late = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+                 "time.sleep(600)\n")
+    before = child_pids()
+    core = subprocess.Popen([sys.executable, "-c", core_code])
+    deadline = time.monotonic() + 30
+    while not psutil.Process(core.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    engine = EngineProcesses(before)
+    assert [p.pid for p in engine.roots] == [core.pid] and len(engine.tree) == 2   # the core and its helper
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert flag.exists() and engine.alive()                       # the helper is gone, the core is not
+
+    tree = engine.current()                                      # the core's later child is reaped too
+    late = [p for p in tree if p.pid not in (core.pid,) and p.is_running()]
+    assert len(late) == 1
+    core.kill()
+    core.wait(10)
+    assert not engine.alive()
+    reap(tree, grace_s=5)
+    assert not late[0].is_running()

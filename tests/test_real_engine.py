@@ -134,4 +134,5 @@ def test_real_engine_core_killed_mid_run_is_restarted(tmp_path, tiny_checkpoint)
     report = json.loads((out / "run_report.json").read_text(encoding="utf-8"))
     assert report["engine"]["restarts"] == 1 and report["engine"]["pages_isolated"] == 0
     assert report["events"][0]["event"] == "engine_restart"
+    assert report["events"][0]["cause"] == "engine process exited"     # seen as a death, not a hang
     assert report["pdfs"][0]["status"] == "complete"

@@ -10,13 +10,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def children() -> list:
-    import psutil
-    return psutil.Process().children(recursive=True)
-
-
 def child_pids() -> set[int]:
-    return {p.pid for p in children()}
+    import psutil
+    return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 def reap(procs: list, grace_s: float = 10.0) -> None:
@@ -35,6 +31,33 @@ def reap(procs: list, grace_s: float = 10.0) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=grace_s)
+
+
+class EngineProcesses:
+    """The processes one engine start left running. Only the direct children (vLLM's engine core) say
+    whether the engine lives: the core's own children come and go (with cold compile caches, Inductor and
+    Triton compile workers exit minutes after the load, which once read as a dead engine on an H200).
+    The whole tree is reaped on close."""
+
+    def __init__(self, before: set[int]):
+        import psutil
+        me = psutil.Process()
+        self.roots = [p for p in me.children() if p.pid not in before]
+        self.tree = [p for p in me.children(recursive=True) if p.pid not in before]
+
+    def alive(self) -> bool:
+        return all_running(self.roots)
+
+    def current(self) -> list:
+        """The roots, their children now, and the processes recorded at the start: what close must reap."""
+        import psutil
+        procs = {p.pid: p for p in self.tree}
+        for root in self.roots:
+            try:
+                procs.update((c.pid, c) for c in root.children(recursive=True))
+            except psutil.Error:
+                pass
+        return list(procs.values())
 
 
 def all_running(procs: list) -> bool:

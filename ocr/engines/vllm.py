@@ -272,7 +272,7 @@ class VllmEngine:
 
     def __init__(self, cfg: Config, platform: Platform | None = None, hooks: VllmHooks = VllmHooks()):
         self._pid_file = cfg.state_dir / f"engine{cfg.shard_suffix}.pids"
-        self._procs: list = []
+        self._procs: processes.EngineProcesses | None = None
         self.llm = None
         self._prep: ThreadPoolExecutor | None = None
         processes.reap_stale_engine(self._pid_file)
@@ -294,8 +294,8 @@ class VllmEngine:
         self.llm = LLM(**kwargs)
         load_seconds = time.perf_counter() - start
         # The engine core and its workers: reaped on close even if the core is hung or already dead.
-        self._procs = [p for p in processes.children() if p.pid not in before]
-        processes.write_pid_file(self._pid_file, self._procs)
+        self._procs = processes.EngineProcesses(before)
+        processes.write_pid_file(self._pid_file, self._procs.tree)
         self._check_loaded()
         self.tokenizer = self.llm.get_tokenizer()
         self._whitelist = table_tag_ids(self.tokenizer)
@@ -427,7 +427,7 @@ class VllmEngine:
 
     def alive(self) -> bool:
         """False once any engine process has exited: vLLM's sync client can then block forever."""
-        return processes.all_running(self._procs)
+        return self._procs is None or self._procs.alive()
 
     def lost_requests(self) -> list[PageRequest]:
         """The requests in flight when the engine died, for requeueing."""
@@ -442,6 +442,7 @@ class VllmEngine:
     def close(self) -> None:
         """Shut the engine down and make sure its processes are gone (GPU memory is freed with them)."""
         llm, self.llm = self.llm, None
+        procs = self._procs.current() if self._procs is not None else []   # before the core's own exit
         if self._prep is not None:
             self._prep.shutdown(wait=False, cancel_futures=True)
         if llm is not None:
@@ -449,8 +450,5 @@ class VllmEngine:
                 llm.llm_engine.engine_core.shutdown()
             except Exception as exc:  # a dead or hung core often fails its own shutdown
                 log.debug("engine shutdown: %s", exc)
-        processes.reap(self._procs)
+        processes.reap(procs)
         self._pid_file.unlink(missing_ok=True)
-
-    def process_ids(self) -> list[int]:
-        return [p.pid for p in self._procs]
