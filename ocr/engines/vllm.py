@@ -426,7 +426,7 @@ class VllmEngine:
         return len(self._requests)
 
     def alive(self) -> bool:
-        """False once any engine process has exited: vLLM's sync client can then block forever."""
+        """False once the engine core (a direct child) has exited: vLLM's sync client can then block forever."""
         return self._procs is None or self._procs.alive()
 
     def lost_requests(self) -> list[PageRequest]:
