@@ -750,6 +750,7 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
                 say(f"engine core run{what} skipped: {res[f'{name}_skipped']}")
                 break
             _reset_encoder_cache(llm)
+            met = wait_at_barrier(a.barrier, name)
             monitor.set_phase(name)
             say(f"engine core{what}: {len(pages)} pre-processed pages ...")
             with encoder_code(llm, run, ask=os.environ.get(INSECURE_ENV) == "1") as code:
@@ -757,24 +758,30 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
                     llm, prompt, pages, without_guard(page_params) if run == "core-noguard" else page_params,
                     cfg.preprocess_workers, timers, modes)
             res[name]["encoder_code"] = code
+            if met:
+                res[name]["barrier"] = met
             last_s = res[name]["seconds"]
             if run == "core":
                 comps = comps or core_comps
             say(f"engine core{what}: {res[name]}")
             _dump_partial(a, res)
 
-        monitor.set_phase("finish_write")
-        time_finish_and_write(cfg, [(j, p, c) for (j, p, _), c in zip(pages, comps)], blank_by_pdf,
-                              engine.caps.special_tokens, timers)
+        if comps is not None:           # none without an engine run (--engine-runs none)
+            monitor.set_phase("finish_write")
+            time_finish_and_write(cfg, [(j, p, c) for (j, p, _), c in zip(pages, comps)], blank_by_pdf,
+                                  engine.caps.special_tokens, timers)
         n_ocr = len(pages)
         del pages, comps, sample
         gc.collect()
 
         # ---- (b) the full runner, same engine
         _reset_encoder_cache(llm)
+        met = wait_at_barrier(a.barrier, "runner")
         monitor.set_phase("runner")
         say(f"runner: starting on {n_ocr} pages ...")
-        res["runner"] = run_runner(ecfg, engine, hooks, timers, n_ocr)
+        res["runner"] = run_runner(ecfg, engine, hooks, timers, n_ocr, clock=met is not None)
+        if met:
+            res["runner"]["barrier"] = met
         say(f"runner: {res['runner']}")
     finally:
         monitor.set_phase("close")
@@ -1004,7 +1011,10 @@ def _reset_encoder_cache(llm: Any) -> None:
         pass
 
 
-def run_runner(cfg: Any, engine: Any, hooks: Any, timers: Timers, expected_pages: int) -> dict[str, Any]:
+def run_runner(cfg: Any, engine: Any, hooks: Any, timers: Timers, expected_pages: int,
+               clock: bool = False) -> dict[str, Any]:
+    """The runner over the corpus with the loaded engine; `clock`: also the start, end and each page's finish
+    on the machine's clock, for summing processes that shared the GPU (bench/combine_rows.py)."""
     from ocr.cli import run
     from ocr.engines.vllm import VllmEngine
 
@@ -1039,6 +1049,9 @@ def run_runner(cfg: Any, engine: Any, hooks: Any, timers: Timers, expected_pages
            "steady_pages_per_s": steady_rate(shared.finished_at, batch=cfg.seqs) if shared else None,
            "engine_restarts": report.get("engine", {}).get("restarts", 0), "engine_factory_calls": len(handed_out),
            "same_pages_as_engine": ocr_pages == expected_pages, "not_instrumented": missing}
+    if clock:
+        out["clock"] = {"start": round(start, 3), "end": round(start + seconds, 3),
+                        "finished_at": [round(t, 3) for t in (shared.finished_at if shared else [])]}
     if ocr_pages != expected_pages:
         say(f"warning: the runner OCRed {ocr_pages} pages, the engine run {expected_pages}")
     return out
@@ -1320,6 +1333,31 @@ def per_page_params(params: Any, spread: tuple[int, int], keys: list[tuple[int, 
     return out
 
 
+def parse_barrier(text: str) -> tuple[Path, int]:
+    folder, _, count = text.rpartition(":")
+    if not folder or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError("expected DIR:N, e.g. /tmp/barrier:2")
+    return Path(folder), int(count)
+
+
+def wait_at_barrier(spec: tuple[Path, int] | None, phase: str, timeout_s: float = 900) -> dict[str, Any] | None:
+    """Mark this process as ready for `phase` in the barrier folder and wait for the others; the time on
+    the shared clock (perf_counter is CLOCK_MONOTONIC: one clock for every process of the machine)."""
+    if spec is None:
+        return None
+    folder, count = spec
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{phase}.{os.getpid()}").touch()
+    start = time.perf_counter()
+    while len(list(folder.glob(f"{phase}.*"))) < count:
+        if time.perf_counter() - start > timeout_s:
+            say(f"barrier {phase}: the other processes did not come in {timeout_s:.0f} s; going on alone")
+            return {"waited_s": round(time.perf_counter() - start, 2), "timed_out": True}
+        time.sleep(0.02)
+    say(f"barrier {phase}: all {count} processes here")
+    return {"waited_s": round(time.perf_counter() - start, 2), "timed_out": False}
+
+
 def parse_engine_kwargs(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -1363,7 +1401,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(inputs pre-processed in threads, then the engine alone), core-noguard (core again, "
                         "the requests without the n-gram guard's extra_args), core-vllmenc (core again with vLLM's own "
                         "vision-encoder code); separated by commas or slashes, the core runs in the order given "
-                        "(core-noguard or core-vllmenc alone: after core)")
+                        "(core-noguard or core-vllmenc alone: after core); none: the runner alone")
+    b.add_argument("--barrier", type=parse_barrier, default=None, metavar="DIR:N",
+                   help="N bench processes sharing one GPU: each waits in DIR until all N reach the engine-core "
+                        "and the runner phase, so those phases run together (bench/combine_rows.py sums them)")
     b.add_argument("--large-every", type=int, default=0, metavar="K",
                    help="core runs: every K-th page a Large-mode request (a 1280 view beside Gundam's)")
     b.add_argument("--budget-s", type=float, default=0,
@@ -1385,8 +1426,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.memory_child and not a.pdfs:
         ap.error("--memory-child needs --pdfs")
     a.engine_runs = [r.strip() for r in re.split(r"[,/]", a.engine_runs) if r.strip()]   # "/": gpu_session_032.sh rows
-    if not a.engine_runs or set(a.engine_runs) - {"generate", *CORE_RUNS}:
-        ap.error(f"--engine-runs: generate, {', '.join(CORE_RUNS)} (separated by commas or slashes)")
+    if a.engine_runs == ["none"]:       # the runner alone
+        a.engine_runs = []
+    elif not a.engine_runs or set(a.engine_runs) - {"generate", *CORE_RUNS}:
+        ap.error(f"--engine-runs: generate, {', '.join(CORE_RUNS)} (separated by commas or slashes), or none")
     other = [r for r in a.engine_runs if r in CORE_RUNS and r != "core"]
     if other and "core" not in a.engine_runs:           # core-noguard or core-vllmenc alone: core first
         a.engine_runs.insert(a.engine_runs.index(other[0]), "core")

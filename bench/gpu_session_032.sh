@@ -7,7 +7,9 @@
 # Special rows: `guard` runs bench/ngram_bench.py on the GPU; `profile` (as EXTRA word `+profile`)
 # samples the engine core with py-spy for 12 s of the steady engine-core run (bench/profile_split.py);
 # `+rprofile` samples the engine core and the runner's own process (all its threads) in the runner phase, then
-# the runner's process for 12 s more with --gil (the thread holding the GIL).
+# the runner's process for 12 s more with --gil (the thread holding the GIL); `+dual`: two bench processes
+# share the GPU (each the whole corpus, the runner alone, half the GPU's memory, half the CPU workers), their
+# runner phases started together at a barrier and summed by bench/combine_rows.py into NAME.json.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:/tmp/site-x:$PWD PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
 OUT=${OUT:-/tmp/out}
@@ -47,6 +49,36 @@ profile() {  # log file, name, phase (core|runner): wait for that phase, then sa
   python3 bench/profile_split.py "$OUT/$name-pyspy.txt" --json "$OUT/$name-split.json"
 }
 
+bench_row() {  # json log flags...: one bench.py process of a row, on the shared corpus
+  local json=$1 log=$2; shift 2
+  # shellcheck disable=SC2086  # flags is a list
+  env "${env[@]}" timeout "$ROW_TIMEOUT" python3 bench/bench.py --model /tmp/ckpt --load-format dummy \
+    --generate "$PAGES" --corpus-dir /tmp/corpus-bench --force-tokens "$TOKENS" "${batch[@]}" --kv-cache-dtype fp8 \
+    --render-workers 8 --preprocess-workers 8 --engine-runs core --proc-sample 2 --budget-s $((ROW_TIMEOUT - 20)) \
+    "${ATTN[@]}" --json "$json" "$@" > "$log" 2>&1
+}
+
+dual() {  # name flags: two processes on the one GPU; the second loads once the first has (vLLM sizes its
+  # KV cache from the GPU memory it finds free), both wait at the barrier before the runner phase
+  local name=$1 flags=$2 bar=/tmp/barrier-$1 a b
+  local two=(--engine-runs none --barrier "$bar:2" --gpu-memory-utilization 0.44 --render-workers 4
+             --preprocess-workers 6)
+  rm -rf "$bar"
+  # shellcheck disable=SC2086  # flags is a list
+  bench_row "$OUT/$name-a.json" "$OUT/$name-a.log" "${two[@]}" $flags & a=$!
+  for _ in $(seq "$ROW_TIMEOUT"); do
+    grep -q "engine loaded in" "$OUT/$name-a.log" 2>/dev/null && break
+    kill -0 $a 2>/dev/null || break
+    sleep 1
+  done
+  # shellcheck disable=SC2086
+  bench_row "$OUT/$name-b.json" "$OUT/$name-b.log" "${two[@]}" $flags & b=$!
+  wait $a; echo "   $name-a: exit $?"
+  wait $b; echo "   $name-b: exit $?"
+  python3 bench/combine_rows.py "$OUT/$name-a.json" "$OUT/$name-b.json" --json "$OUT/$name.json"
+  for side in a b; do grep -m1 "runner: {" "$OUT/$name-$side.log" | cut -c1-400; done
+}
+
 for job in "$@"; do
   start=$(date +%s)
   if [ "$job" = guard ]; then
@@ -61,16 +93,18 @@ for job in "$@"; do
   want_profile=0 phase=core
   [[ $flags == *+rprofile* ]] && { want_profile=1; phase=runner; flags=${flags//+rprofile/}; }
   [[ $flags == *+profile* ]] && { want_profile=1; flags=${flags//+profile/}; }
+  batch=(--batch-pages "$BATCH")
+  [ "$BATCH" = default ] && batch=()
+  if [[ $flags == *+dual* ]]; then
+    dual "$name" "${flags//+dual/}"
+    echo "== $name ($runner $flags): in $(( $(date +%s) - start )) s"
+    continue
+  fi
   log="$OUT/$name.log"
   prof=
   if [ $want_profile = 1 ]; then profile "$log" "$name" "$phase" > "$OUT/$name-profile.txt" 2>&1 & prof=$!; fi
-  batch=(--batch-pages "$BATCH")
-  [ "$BATCH" = default ] && batch=()
   # shellcheck disable=SC2086  # flags is a list
-  env "${env[@]}" timeout "$ROW_TIMEOUT" python3 bench/bench.py --model /tmp/ckpt --load-format dummy --generate "$PAGES" \
-    --corpus-dir /tmp/corpus-bench --force-tokens "$TOKENS" "${batch[@]}" --kv-cache-dtype fp8 \
-    --render-workers 8 --preprocess-workers 8 --engine-runs core --proc-sample 2 --budget-s $((ROW_TIMEOUT - 20)) \
-    "${ATTN[@]}" --json "$OUT/$name.json" $flags > "$log" 2>&1
+  bench_row "$OUT/$name.json" "$log" $flags
   echo "== $name ($runner $flags): exit $? in $(( $(date +%s) - start )) s"
   [ -n "$prof" ] && { sleep 1; kill "$prof" 2>/dev/null; wait "$prof" 2>/dev/null; }
   grep -m3 -E "V2 Model Runner|V1 Model Runner|model runner|guard" "$log" | cut -c1-200

@@ -442,3 +442,53 @@ def test_the_generated_corpus_is_made_in_parallel_and_never_reused_half_written(
             assert doc.page_count == 5
             assert [bool(doc[i].get_text().strip()) for i in range(5)] == [True, False, True, False, True]
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_processes_sharing_a_gpu_start_their_runner_phase_together(tmp_path, fake_vllm):
+    """--barrier DIR:2: a process waits at the phase until the other comes (on the machine's one clock);
+    alone it gives up after its timeout and says so."""
+    folder = tmp_path / "barrier"
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); import bench; "
+         "from pathlib import Path; bench.wait_at_barrier((Path(sys.argv[2]), 2), 'runner'); "
+         "print(time.perf_counter())", str(ROOT / "bench"), str(folder)],
+        stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    assert other.poll() is None                                 # still waiting for this process
+    arrived = time.perf_counter()
+    met = fake_vllm.wait_at_barrier((folder, 2), "runner")
+    out, _ = other.communicate(timeout=30)
+    assert met["timed_out"] is False
+    assert float(out.strip().splitlines()[-1]) >= arrived       # it went on only once this one came
+    alone = fake_vllm.wait_at_barrier((tmp_path / "alone", 2), "runner", timeout_s=0.3)
+    assert alone["timed_out"] is True and alone["waited_s"] >= 0.3
+
+
+def test_runner_rows_of_processes_that_shared_a_gpu_are_summed(tmp_path, fake_vllm):
+    """--engine-runs none --barrier: the runner alone, with its clock; combine_rows sums the processes'
+    pages over their common span."""
+    folder = tmp_path / "barrier"
+    folder.mkdir()
+    (folder / "runner.1").touch()                               # the other process is already waiting
+    rows = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.json"
+        code = fake_vllm.main(["--model", str(tmp_path / "ckpt"), "--load-format", "dummy", "--generate", "2x4",
+                               "--blank-every", "4", "--dpi", "50", "--force-tokens", "12", "--warmup", "0",
+                               "--batch-pages", "3", "--render-workers", "1", "--bench-render-workers", "1",
+                               "--engine-runs", "none", "--barrier", f"{folder}:2",
+                               "--corpus-dir", str(tmp_path / "c"), "--json", str(out)])
+        assert code == 0
+        rows.append(json.loads(out.read_text()))
+    for res in rows:
+        assert "engine" not in res and "engine_core" not in res
+        clock = res["runner"]["clock"]
+        assert clock["end"] > clock["start"] and len(clock["finished_at"]) == 6
+    import combine_rows
+    both = combine_rows.combine(rows)
+    a, b = (r["runner"]["clock"] for r in rows)
+    assert both["ocr_pages"] == 12 and both["batch_pages_total"] == 6
+    assert both["seconds"] == pytest.approx(b["end"] - a["start"], abs=0.01)
+    assert both["pages_per_s"] == pytest.approx(12 / both["seconds"], rel=0.01)
+    with pytest.raises(SystemExit, match="no runner clock"):
+        combine_rows.combine([{"runner": {"ocr_pages": 1}}])
