@@ -228,3 +228,31 @@ def test_an_engine_core_whose_own_helpers_exit_is_still_alive(tmp_path):
     assert not engine.alive()
     reap(tree, grace_s=5)
     assert not late[0].is_running()
+
+
+def test_a_short_lived_process_beside_the_engine_core_is_not_the_engine():
+    """Another thread's short-lived child (the bench's nvidia-smi sample) running when the engine finishes
+    loading is not part of the engine: its exit is not a dead engine (it restarted a healthy one on an
+    H200); the vLLM-named core's exit is."""
+    import subprocess
+    import sys
+
+    import psutil
+    from ocr.engines.processes import EngineProcesses, child_pids, reap
+
+    before = child_pids()
+    core = subprocess.Popen([sys.executable, "-c", "import setproctitle, time; "
+                             "setproctitle.setproctitle('VLLM::EngineCore'); time.sleep(600)"])
+    deadline = time.monotonic() + 30
+    while not " ".join(psutil.Process(core.pid).cmdline()).startswith("VLLM::") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sample = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    engine = EngineProcesses(before)
+    assert [p.pid for p in engine.roots] == [core.pid]
+    assert {p.pid for p in engine.tree} == {core.pid, sample.pid}     # reaped on close all the same
+    sample.wait(10)
+    assert engine.alive()
+    core.kill()
+    core.wait(10)
+    assert not engine.alive()
+    reap(engine.current(), grace_s=5)

@@ -33,16 +33,30 @@ def reap(procs: list, grace_s: float = 10.0) -> None:
     psutil.wait_procs(alive, timeout=grace_s)
 
 
+def vllm_titled(proc: Any) -> bool:
+    """Whether vLLM named this process (setproctitle: "VLLM::EngineCore", VLLM_PROCESS_NAME_PREFIX)."""
+    import os
+
+    import psutil
+    try:
+        return " ".join(proc.cmdline()).startswith(os.environ.get("VLLM_PROCESS_NAME_PREFIX", "VLLM") + "::")
+    except psutil.Error:
+        return False
+
+
 class EngineProcesses:
-    """The processes one engine start left running. Only the direct children (vLLM's engine core) say
-    whether the engine lives: the core's own children come and go (with cold compile caches, Inductor and
-    Triton compile workers exit minutes after the load, which once read as a dead engine on an H200).
-    The whole tree is reaped on close."""
+    """The processes one engine start left running. Only vLLM's engine core (the direct children vLLM
+    named, or every new direct child where it named none) says whether the engine lives: the core's own
+    children come and go (with cold compile caches, Inductor and Triton compile workers exit minutes after
+    the load), and so does any short-lived child another thread of the runner's process had running at
+    that moment (the bench's nvidia-smi sample read as a dead engine on an H200 in session 13). The whole
+    tree is reaped on close."""
 
     def __init__(self, before: set[int]):
         import psutil
         me = psutil.Process()
-        self.roots = [p for p in me.children() if p.pid not in before]
+        new = [p for p in me.children() if p.pid not in before]
+        self.roots = [p for p in new if vllm_titled(p)] or new
         self.tree = [p for p in me.children(recursive=True) if p.pid not in before]
 
     def alive(self) -> bool:
