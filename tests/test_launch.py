@@ -342,3 +342,67 @@ def test_real_runner_shards_share_one_output_dir_without_clashing(tmp_path):
     merged = json.loads((out / "run_report.json").read_text())
     assert merged["totals"]["pdfs_complete"] == 5 and merged["totals"]["pages"] == 7
     assert len(list(out.rglob("doc.md"))) == 5
+
+
+def test_two_workers_per_gpu_share_its_memory(fake):
+    """--workers-per-gpu 2: two shards on each GPU, each asking vLLM for half the memory share; a share
+    the user set is kept if both fit on the GPU, refused before anything starts if not."""
+    runner, src, out = fake
+    set_plan(src, {})
+    assert launch.main(launch_args(runner, src, out, "0,1", "--no-env-file", "--workers-per-gpu", "2")) == 0
+    assert [seen(out, i)["cuda"] for i in range(4)] == ["0", "0", "1", "1"]
+    for i in range(4):
+        argv = seen(out, i)["argv"]
+        assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.45"
+        assert argv[-4:] == ["--num-shards", "4", "--shard-index", str(i)]
+    out2 = out.with_name("out2")
+    assert launch.main(launch_args(runner, src, out2, "3", "--no-env-file", "--workers-per-gpu", "2",
+                                   runner_extra=["--gpu-memory-utilization", "0.4"])) == 0
+    argv = seen(out2, 1)["argv"]
+    assert argv.count("--gpu-memory-utilization") == 1 and argv[argv.index("--gpu-memory-utilization") + 1] == "0.4"
+
+
+@pytest.mark.parametrize("extra, runner_extra, message", [
+    (["--workers-per-gpu", "2"], ["--gpu-memory-utilization", "0.9"],
+     "--gpu-memory-utilization 0.9 x --workers-per-gpu 2 is more than the GPU has: use at most 0.47"),
+    (["--workers-per-gpu", "0"], [], "--workers-per-gpu 0: give 1 or more"),
+])
+def test_workers_per_gpu_that_cannot_fit_are_refused(fake, capsys, extra, runner_extra, message):
+    runner, src, out = fake
+    assert launch.main(launch_args(runner, src, out, "0", "--no-env-file", *extra, runner_extra=runner_extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_engines_on_one_gpu_load_one_at_a_time(tmp_path, monkeypatch, caplog):
+    """A runner whose GPU is busy loading another engine waits for that load (vLLM sizes its KV cache from
+    the free memory it finds); on another GPU it does not wait."""
+    import logging
+    import subprocess
+
+    from ocr.engines.load_lock import engine_gpus, one_load_per_gpu
+
+    held, released = tmp_path / "held", tmp_path / "released"
+    other = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
+        "from ocr.engines.load_lock import one_load_per_gpu\n"
+        "with one_load_per_gpu(['0'], Path(sys.argv[2])):\n"
+        "    Path(sys.argv[3]).touch(); time.sleep(1.5); Path(sys.argv[4]).write_text(str(time.time()))\n"),
+        str(Path(launch.__file__).parents[1]), str(tmp_path), str(held), str(released)])
+    deadline = time.monotonic() + 30
+    while not held.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with caplog.at_level(logging.WARNING, logger="ocr.engines.load_lock"):
+        start = time.monotonic()
+        with one_load_per_gpu(["1"], tmp_path):
+            assert time.monotonic() - start < 1.0                  # another GPU: no wait
+        assert not caplog.records
+        with one_load_per_gpu(["0"], tmp_path):
+            entered = time.time()
+    other.wait(10)
+    assert entered >= float(released.read_text())                  # only once the other load was done
+    assert "another runner is loading an engine on GPU 0" in caplog.text
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert engine_gpus(1) == ["3"] and engine_gpus(2) == ["3", "5"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert engine_gpus(2) == ["0", "1"]

@@ -19,6 +19,7 @@ from ..models import DEEPSEEK_OCR, STOP_STRINGS, Checkpoint, inspect as inspect_
 from ..records import EngineOutput, PageRequest
 from . import processes, vision_modes
 from .base import EngineCaps, EngineDead, Failure
+from .load_lock import engine_gpus, one_load_per_gpu
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,9 @@ class VllmEngine:
         start = time.perf_counter()
         before = processes.child_pids()
         set_torch_threads(None)       # an engine built in this process or forked from it starts from torch's own
-        self.llm = LLM(**kwargs)
+        gpus = engine_gpus(cfg.tensor_parallel_size) if self.platform.kind == "cuda" else []
+        with one_load_per_gpu(gpus):
+            self.llm = LLM(**kwargs)
         load_seconds = time.perf_counter() - start
         # The engine core and its workers: reaped on close even if the core is hung or already dead.
         self._procs = processes.EngineProcesses(before)
