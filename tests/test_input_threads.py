@@ -90,3 +90,46 @@ def test_input_threads_use_their_own_torch_thread_count(tmp_path, monkeypatch, t
         after = torch.get_num_threads()
         torch.set_num_threads(original)
     assert after == default
+
+
+def test_a_gpu_engine_loads_holding_its_gpus_load_lock(tmp_path, monkeypatch, tiny_checkpoint):
+    """On CUDA, vllm.LLM is built while this GPU's load lock is held (a second runner on the GPU waits),
+    and the lock is free once the engine has loaded; the CPU engine takes none."""
+    import fcntl
+    import tempfile
+
+    from ocr.engines import vllm as engine_mod
+    held: list[bool] = []
+    lock = tmp_path / "ocr-engine-load-gpu-2.lock"
+
+    class _Recording(_FakeLLM):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            held.append(is_locked())
+
+    def is_locked() -> bool:
+        if not lock.exists():
+            return False
+        with open(lock, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
+    monkeypatch.setattr(vllm, "LLM", _Recording)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    monkeypatch.setattr(engine_mod.VllmEngine, "_vision_modes", staticmethod(lambda cfg, ckpt: ("gundam",)))
+    cfg = Config(input_dir=tmp_path, output_dir=tmp_path / "out", model=str(tiny_checkpoint), ngram_size=0)
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    for platform in (engine_mod.Platform("cuda", fp8_kv=True, capability=(9, 0)),
+                     engine_mod.Platform("cpu", fp8_kv=False)):
+        engine = engine_mod.VllmEngine(cfg, platform=platform)
+        try:
+            assert not is_locked()
+        finally:
+            engine.close()
+            engine_mod.set_torch_threads(None)
+    assert held == [True, False]
