@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 BIG_GPU_GIB = 64
 RAM_PER_GPU_GIB = 40
 BIG_GPU_BATCH = 256
+# The most that workers sharing one GPU (launch_workers.py --workers-per-gpu, Ray's --gpus-per-worker below 1)
+# may ask vLLM for together, as shares of its memory.
+GPU_MEMORY_SHARED = 0.95
 
 
 def gpu_memory_gib() -> float | None:

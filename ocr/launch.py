@@ -18,6 +18,7 @@ from typing import IO, Callable, Sequence
 
 from .config import Config, UsageError, build_parser, validate
 from .engines.vllm import check_tensor_parallel
+from .gpu_sizing import GPU_MEMORY_SHARED
 from .merge_reports import Shard, load_shard, merge, report_path, summary_lines, write_merged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,6 @@ DEFAULT_ENV_FILE = ROOT / "aws" / "ocr_env.sh"
 OK, INCOMPLETE, USAGE, INTERRUPTED = 0, 1, 2, 130
 SEVERITY = {OK: 0, INCOMPLETE: 1, INTERRUPTED: 2, USAGE: 3}     # worst wins: usage > interrupted > incomplete
 LAUNCHER_FLAGS = ("--num-shards", "--shard-index")
-GPU_MEMORY_SHARED = 0.95        # the most that workers sharing one GPU may ask for together
 # Non-secret settings copied into tmux panes (an already running tmux server has its own environment).
 PANE_ENV = ("PATH", "VIRTUAL_ENV", "PYTHONPATH", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
             "TRANSFORMERS_OFFLINE", "CUDA_HOME")

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .checkpoint import SetupError
 from .cli import ExitCode, guarded
 from .config import VLLM_SPEC, Config, UsageError, build_parser, validate
-from .gpu_sizing import settle
+from .gpu_sizing import GPU_MEMORY_SHARED, settle
 from .engines.base import Engine
 from .engines.vllm import check_tensor_parallel
 from .jsonl_out import jsonl_path
@@ -76,7 +76,8 @@ def build_ray_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-workers", type=int, help="worker actors (default: the cluster's GPUs divided by "
                    "--gpus-per-worker)")
     g.add_argument("--gpus-per-worker", type=float, help="GPUs per worker actor (default: "
-                   "--tensor-parallel-size; 0 for CPU engines)")
+                   "--tensor-parallel-size; 0 for CPU engines; 0.5: two workers per GPU, each asking vLLM for "
+                   "half the GPU memory share, loading one at a time: faster on an H200, NOTES.md session 13)")
     g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per worker (its "
                    "render processes are started by the pipeline either way)")
     g.add_argument("--lease-pdfs", type=int, default=2, help="PDFs per lease: a worker asks for more when "
@@ -125,7 +126,23 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RayOptions, Config]:
                      ("--gpus-per-worker", values["gpus_per_worker"] >= 0)):
         if not ok:
             raise UsageError(f"{name} is out of range")
-    return RayOptions(input_url=input_url, output_url=output_url, **values), cfg
+    return RayOptions(input_url=input_url, output_url=output_url, **values), share_gpu_memory(
+        cfg, values["gpus_per_worker"])
+
+
+def share_gpu_memory(cfg: Config, gpus_per_worker: float) -> Config:
+    """Workers sharing a GPU (--gpus-per-worker below 1) each ask vLLM for their share of its memory (vLLM
+    refuses to start when the share it asks for is not free): the default share scaled, a set one checked."""
+    if not 0 < gpus_per_worker < 1:
+        return cfg
+    most = GPU_MEMORY_SHARED * gpus_per_worker
+    default = Config.__dataclass_fields__["gpu_memory_utilization"].default
+    if cfg.gpu_memory_utilization <= most:
+        return cfg
+    if cfg.gpu_memory_utilization != default:
+        raise UsageError(f"--gpu-memory-utilization {cfg.gpu_memory_utilization} does not fit "
+                         f"--gpus-per-worker {gpus_per_worker:g}: use at most {most:.2f}, or leave it out")
+    return dataclasses.replace(cfg, gpu_memory_utilization=round(default * gpus_per_worker, 2))
 
 
 # --- the coordinator: one actor holding the lease queue ---------------------------------------------------

@@ -186,6 +186,21 @@ def test_usage_errors_exit_2_before_anything_starts(tmp_path, capsys):
     assert ray_run.main([*base, "--lease-pdfs", "0"]) == 2
     assert ray_run.main([*base, "--storage-options", "[1]"]) == 2
     assert "JSON object" in capsys.readouterr().err
+    assert ray_run.main([*base, "--gpus-per-worker", "0.5", "--gpu-memory-utilization", "0.8"]) == 2
+    assert "--gpu-memory-utilization 0.8 does not fit --gpus-per-worker 0.5: use at most 0.47" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, share", [([], 0.9), (["--gpus-per-worker", "0.5"], 0.45),
+                                          (["--gpus-per-worker", "0.5", "--gpu-memory-utilization", "0.4"], 0.4),
+                                          (["--gpus-per-worker", "2"], 0.9)])
+def test_workers_sharing_a_gpu_ask_for_their_share_of_its_memory(tmp_path, extra, share):
+    """Two actors on one GPU (--gpus-per-worker 0.5) each ask vLLM for half of the default share (the
+    second would not start otherwise); a share that fits is kept."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _, cfg = ray_run.parse_args(["--input-dir", str(src), "--output-dir", str(tmp_path / "out"), *extra])
+    assert cfg.gpu_memory_utilization == share
 
 
 @pytest.mark.real_engine
