@@ -1049,6 +1049,9 @@ def run_runner(cfg: Any, engine: Any, hooks: Any, timers: Timers, expected_pages
            "steady_pages_per_s": steady_rate(shared.finished_at, batch=cfg.seqs) if shared else None,
            "engine_restarts": report.get("engine", {}).get("restarts", 0), "engine_factory_calls": len(handed_out),
            "same_pages_as_engine": ocr_pages == expected_pages, "not_instrumented": missing}
+    if shared and shared.first_submit and shared.last_output:   # start-up, and the drain after the engine's last page
+        out.update(before_first_submit_s=round(shared.first_submit - start, 2),
+                   after_last_output_s=round(start + seconds - shared.last_output, 2))
     if clock:
         out["clock"] = {"start": round(start, 3), "end": round(start + seconds, 3),
                         "finished_at": [round(t, 3) for t in (shared.finished_at if shared else [])]}
@@ -1252,7 +1255,8 @@ def print_engine_summary(res: dict[str, Any]) -> None:
                      f"{ec['input_processing_workers']} threads ({ec['input_processing_pages_per_s']} pages/s), "
                      f"not counted in its time")
     lines.append(f"  runner: first page in to last page out {r['engine_active_s']} s "
-                 f"({r['pages_per_s_engine_active']} pages/s); engine close after the run "
+                 f"({r['pages_per_s_engine_active']} pages/s; before it {r.get('before_first_submit_s')} s, after it "
+                 f"{r.get('after_last_output_s')} s); engine close after the run "
                  f"{res.get('engine_close_s')} s (not counted); exit code {r['exit_code']}, "
                  f"{r['failed_pages']} failed pages, same pages as the engine runs: {r['same_pages_as_engine']}")
     lines += ["", "per-stage time, measured by the bench on its own (serial, one thread):",

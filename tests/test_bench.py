@@ -263,6 +263,10 @@ def test_bench_harness_with_a_fake_engine(tmp_path, fake_vllm, capsys, budget, c
     assert res["engine"]["pages"] == 6 and res["engine"]["out_tokens"] == 72
     assert res["runner"]["ocr_pages"] == 6 and res["runner"]["out_tokens"] == 72
     assert res["runner"]["same_pages_as_engine"] and res["runner"]["engine_factory_calls"] == 1
+    r = res["runner"]
+    assert r["before_first_submit_s"] >= 0 and r["after_last_output_s"] >= 0
+    assert r["before_first_submit_s"] + r["engine_active_s"] + r["after_last_output_s"] == \
+        pytest.approx(r["seconds"], abs=0.05)
     assert res["ratio"]["runner/engine"]["pages_per_s"] > 0
     assert ("engine_core" in res) == core and ("engine_core_skipped" in res) != core
     if core:
