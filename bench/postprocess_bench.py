@@ -171,6 +171,35 @@ def beside(texts: list[str]) -> dict[str, float]:
             "process_worst_stall_s": process_stall, "process_total_s": process_s}
 
 
+def cadence(texts: list[str], every_s: float, workers: int = 1) -> dict[str, float]:
+    """Pages per second through `workers` post workers (the runaway verdict, then the clean-up, as the
+    runner sends them) when the control loop looks only every `every_s` (one engine step)."""
+    from ocr.postwork import PostWorkers, finish_job, judge_job
+    from ocr.records import EngineOutput, PageKey
+
+    outs = [EngineOutput(PageKey(0, i + 1), t, 0, "stop") for i, t in enumerate(texts)]
+    with PostWorkers(workers, timeout_s=60) as pool:
+        pool.submit("warm", judge_job, texts[0], "stop", 8192)
+        while not pool.poll(wait_s=0.5):
+            pass
+        start, left = time.perf_counter(), len(outs)
+        for o in outs:
+            pool.submit(("judge", o.key), judge_job, o.text, "stop", 8192)
+        busy = 0.0
+        while left:
+            time.sleep(every_s)
+            for d in pool.poll():
+                busy += d.seconds
+                kind, key = d.key
+                if kind == "judge":
+                    pool.submit(("finish", key), finish_job, outs[key.page - 1], "clean", (), "safe")
+                else:
+                    left -= 1
+        seconds = time.perf_counter() - start
+    return {"pages": len(outs), "loop_every_s": every_s, "post_workers": workers, "seconds": round(seconds, 3),
+            "pages_per_s": round(len(outs) / seconds, 1), "worker_busy_share": round(busy / seconds / workers, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, help="also write the figures here")
@@ -179,7 +208,19 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="best of N runs")
     ap.add_argument("--beside", action="store_true",
                     help="also measure the control loop's worst stall with the clean-up in a thread vs PostWorkers")
+    ap.add_argument("--cadence", type=float, metavar="MS", default=0,
+                    help="only this: pages/s through one post worker with a control loop that looks every MS "
+                         "milliseconds (one engine step), on the real outputs in --fixtures")
+    ap.add_argument("--fixtures", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+                    / "raw_outputs", help="--cadence: a folder of raw DeepSeek-OCR outputs (*.txt)")
     args = ap.parse_args()
+    if args.cadence:
+        texts = [f.read_text(encoding="utf-8") for f in sorted(args.fixtures.glob("*.txt"))] * 8
+        figures = cadence(texts, args.cadence / 1000)
+        print(json.dumps(figures))
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1) + "\n")
+        return
     rows = []
     print(f"{'input':<28} {'KB':>6}   wall s: {'clean':>6} {'grounded':>8} {'verdict':>7}   "
           f"CPU s: {'clean':>6} {'grounded':>8} {'verdict':>7}")

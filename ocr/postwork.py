@@ -9,13 +9,14 @@ limit is killed and replaced; its page keeps the raw text with the meta tokens s
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import queue
 import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -31,6 +32,10 @@ from .runaway import Judged, judge
 FAILED_COUNTER = "postprocess_failed"     # the clean-up raised: raw text kept
 TIMEOUT_COUNTER = "postprocess_timeout"   # the clean-up ran past its time limit: raw text kept
 DEFAULT_TIMEOUT_S = 60.0                  # 200 KB of the worst input takes < 1 s (bench/postprocess_bench.py)
+# Jobs sent ahead to each worker: it starts the next as soon as it is done, not when the control loop next
+# looks (once per engine step, ~20-30 ms on an H200, where one job in flight kept the one worker "busy" 77%).
+JOBS_AHEAD = 4
+SLOW_S = 1.0                              # a job this long holds up the jobs sent behind it: they go elsewhere
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,15 @@ class Done:
     value: Any = None
     error: str | None = None
     timed_out: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0        # the worker's own time on it (for a timeout or a death: since it started)
+
+
+@dataclass(frozen=True)
+class _Job:
+    seq: int                # this submission's own number (a key may be submitted again later)
+    key: Hashable
+    fn: Callable
+    args: tuple
 
 
 def _serve(conn: Connection, parent_pid: int) -> None:
@@ -55,10 +68,13 @@ def _serve(conn: Connection, parent_pid: int) -> None:
         if job is None:
             return
         key, fn, args = job
+        start = time.perf_counter()
         try:
-            conn.send((key, True, fn(*args)))
+            value = fn(*args)
         except Exception as exc:            # the job's failure is the page's, never the worker's
-            conn.send((key, False, f"{type(exc).__name__}: {exc}"))
+            conn.send((key, False, f"{type(exc).__name__}: {exc}", time.perf_counter() - start))
+        else:
+            conn.send((key, True, value, time.perf_counter() - start))
 
 
 class _Worker:
@@ -67,7 +83,9 @@ class _Worker:
         self.process = ctx.Process(target=_serve, args=(child, os.getpid()), daemon=True, name="postwork")
         self.process.start()
         child.close()
-        self.job: tuple[Hashable, float] | None = None     # (key, started) while busy
+        self.jobs: deque[_Job] = deque()   # sent, in the order it runs them
+        self.head_since = 0.0               # when the first of them started, at the latest
+        self.given_away: set[int] = set()   # of those, the ones queued for the other workers too
         self.ready = False
         # sends go through a thread: a 200 KB page fills the pipe, and the control loop must not wait
         # for the worker to be scheduled to read it (0.2 s measured on a loaded 2-core machine)
@@ -108,66 +126,122 @@ class _Worker:
 
 class PostWorkers:
     """n worker processes; `submit` queues a job, `poll` returns the jobs done (or failed, or past
-    timeout_s, their worker killed and replaced) without waiting, `close` ends the workers."""
+    timeout_s, their worker killed and replaced) without waiting, `close` ends the workers.
+
+    Each worker is sent up to JOBS_AHEAD jobs; when the one it is on has run SLOW_S, the jobs sent behind
+    it are given to the other workers as well (a job is a pure function: the first result wins, the
+    other is dropped), so a hung page holds up no other page for its time limit."""
 
     def __init__(self, n: int, timeout_s: float = DEFAULT_TIMEOUT_S):
         self._ctx = multiprocessing.get_context("spawn")   # the parent may hold CUDA and vLLM threads
         self._timeout = timeout_s
         self._workers = [_Worker(self._ctx) for _ in range(max(1, n))]
-        self._queue: deque[tuple[Hashable, Callable, tuple]] = deque()
+        self._queue: deque[_Job] = deque()
+        self._seq = itertools.count()
+        self._drop: Counter[int] = Counter()   # copies still sent of jobs whose result is out: ignored
+        self._copied: set[int] = set()         # jobs given to a second worker, their result not out yet
 
     def submit(self, key: Hashable, fn: Callable, *args: Any) -> None:
         """Queue fn(*args) (fn: a module-level function, args picklable) under key."""
-        self._queue.append((key, fn, args))
+        self._queue.append(_Job(next(self._seq), key, fn, args))
         self._dispatch()
 
     def pending(self) -> int:
-        return len(self._queue) + sum(w.job is not None for w in self._workers)
+        seqs = {job.seq for job in self._queue} | {job.seq for w in self._workers for job in w.jobs}
+        return len(seqs - set(self._drop))
 
     def poll(self, wait_s: float = 0.0) -> list[Done]:
         """The jobs finished since the last poll; waits up to wait_s for the first one when none is."""
         deadline = time.monotonic() + wait_s
         while True:
-            done = [d for i in range(len(self._workers)) if (d := self._check(i)) is not None]
+            done = [d for i in range(len(self._workers)) for d in self._check(i)]
             self._dispatch()
             if done or time.monotonic() >= deadline or not self.pending():
                 return done
             time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
 
-    def _check(self, i: int) -> Done | None:
-        worker = self._workers[i]
-        if worker.job is None:
-            return None
-        key, started = worker.job
-        elapsed = time.monotonic() - started
+    def _check(self, i: int) -> list[Done]:
+        """The worker's finished jobs; the jobs behind a slow one handed to the others too; if the one it is
+        on ran past the time limit or the worker died, that one fails, the worker is replaced, and the jobs
+        sent behind it go back to the front of the queue."""
+        worker, done = self._workers[i], []
         try:
-            if worker.conn.poll():
-                got_key, ok, value = worker.conn.recv()
-                worker.job = None
-                return Done(got_key, value, None, seconds=elapsed) if ok else Done(got_key, None, value,
-                                                                                  seconds=elapsed)
+            while worker.jobs and worker.conn.poll():
+                seq, ok, value, seconds = worker.conn.recv()
+                job = worker.jobs.popleft()
+                assert job.seq == seq, (job.seq, seq)
+                worker.head_since = time.monotonic()        # the next one starts now, at the latest
+                worker.given_away.discard(seq)
+                if not self._dropped(seq):
+                    self._finished(job)
+                    done.append(Done(job.key, value, None, seconds=seconds) if ok else
+                                Done(job.key, None, value, seconds=seconds))
         except (EOFError, OSError):
             pass
+        if not worker.jobs:
+            return done
+        elapsed = time.monotonic() - worker.head_since
+        if elapsed > SLOW_S:
+            self._give_away(worker, list(worker.jobs)[1:])
         if worker.process.is_alive() and elapsed <= self._timeout:
-            return None
+            return done
         timed_out = worker.process.is_alive()
+        head, behind = worker.jobs.popleft(), list(worker.jobs)
         worker.stop(kill=True)
         self._workers[i] = _Worker(self._ctx)
+        again = [job for job in behind if not self._dropped(job.seq) and job.seq not in worker.given_away]
+        self._queue.extendleft(reversed(again))            # not theirs to fail: sent again, in order
+        if self._dropped(head.seq):
+            return done
+        self._finished(head)
         why = f"post-processing ran past {self._timeout:g} s" if timed_out else "the post-processing process died"
-        return Done(key, None, why, timed_out=timed_out, seconds=elapsed)
+        return [*done, Done(head.key, None, why, timed_out=timed_out, seconds=elapsed)]
+
+    def _give_away(self, worker: _Worker, behind: list[_Job]) -> None:
+        """Queue the jobs sent behind a slow one for the other workers as well (once each)."""
+        more = [job for job in behind if job.seq not in worker.given_away and job.seq not in self._drop]
+        worker.given_away.update(job.seq for job in more)
+        self._copied.update(job.seq for job in more)
+        self._queue.extendleft(reversed(more))
+
+    def _dropped(self, seq: int) -> bool:
+        """Whether this copy's result is to be ignored (another copy's came first); counts it off."""
+        if not self._drop[seq]:
+            self._drop.pop(seq, None)
+            return False
+        self._drop[seq] -= 1
+        if not self._drop[seq]:
+            del self._drop[seq]
+        return True
+
+    def _finished(self, job: _Job) -> None:
+        """A job's one result is out: a copy still queued is dropped, each one still sent is ignored."""
+        if job.seq not in self._copied:
+            return
+        self._copied.discard(job.seq)
+        self._queue = deque(j for j in self._queue if j.seq != job.seq)
+        copies = sum(j.seq == job.seq for w in self._workers for j in w.jobs)
+        if copies:
+            self._drop[job.seq] += copies
 
     def _dispatch(self) -> None:
-        for worker in self._workers:
-            if not self._queue:
+        """Round by round, one job to each ready worker with room (the least loaded first)."""
+        now = time.monotonic()
+        while self._queue:
+            room = [w for w in self._workers if len(w.jobs) < JOBS_AHEAD and w.is_ready()
+                    and not (w.jobs and now - w.head_since > SLOW_S)]      # nothing behind a slow job
+            if not room:
                 return
-            if worker.job is None and worker.is_ready():
-                key, fn, args = self._queue.popleft()
-                worker.send((key, fn, args))
-                worker.job = (key, time.monotonic())
+            worker = min(room, key=lambda w: len(w.jobs))
+            job = self._queue.popleft()
+            if not worker.jobs:
+                worker.head_since = time.monotonic()
+            worker.send((job.seq, job.fn, job.args))
+            worker.jobs.append(job)
 
     def close(self) -> None:
         for worker in self._workers:
-            worker.stop(kill=worker.job is not None)
+            worker.stop(kill=bool(worker.jobs))
         self._queue.clear()
 
     def __enter__(self) -> PostWorkers:

@@ -59,14 +59,22 @@ def test_a_raising_finisher_fails_only_its_page(workers: PostWorkers) -> None:
 
 
 def test_a_hung_finisher_is_killed_and_the_others_go_on(workers: PostWorkers) -> None:
+    """The pages sent to the hung page's worker behind it come back from the other worker before the hung
+    one's time limit, each once."""
     start = time.monotonic()
     workers.submit("hung", hang, 600.0)
     for i in range(4):
         workers.submit(i, upper, f"p{i}")
-    got = collect(workers, 5)
+    seen: list[Done] = []
+    deadline = time.monotonic() + 60
+    while not any(d.key == "hung" for d in seen) and time.monotonic() < deadline:
+        seen += workers.poll(wait_s=0.2)
+    got, keys = {d.key: d for d in seen}, [d.key for d in seen]
+    assert keys[-1] == "hung" and sorted(keys[:-1]) == [0, 1, 2, 3]
     assert got["hung"].timed_out and "ran past 10 s" in got["hung"].error
     assert [got[i].value for i in range(4)] == ["P0", "P1", "P2", "P3"]
     assert time.monotonic() - start < 60
+    assert collect(workers, 1, limit_s=2.0) == {} and workers.pending() == 0   # no second result of any
     workers.submit("after", upper, "still here")          # the killed worker was replaced
     assert collect(workers, 1)["after"].value == "STILL HERE"
 
@@ -128,3 +136,33 @@ def test_the_runner_goes_on_past_a_page_whose_clean_up_raises_or_hangs(tmp_path,
     pages = {p["page"]: p for p in next(e for e in load_report(out)["pdfs"] if e["pdf"] == "a.pdf")["page_details"]}
     assert pages[2]["counters"].get(FAILED_COUNTER) == 1 and pages[3]["counters"].get(TIMEOUT_COUNTER) == 1
     assert not any(FAILED_COUNTER in pages[n]["counters"] or TIMEOUT_COUNTER in pages[n]["counters"] for n in (1, 4))
+
+
+def test_a_worker_goes_on_while_the_control_loop_is_busy(workers: PostWorkers) -> None:
+    """Jobs are sent ahead: a worker starts its next job when it is done with one, not when the control loop
+    next looks (once per engine step), so one look after a busy while finds them all done."""
+    workers.submit("warm", upper, "x")
+    assert collect(workers, 1)["warm"].value == "X"
+    for i in range(8):
+        workers.submit(("ahead", i), upper, f"q{i}")
+    time.sleep(3.0)                                     # the control loop away in an engine step
+    got = {d.key: d.value for d in workers.poll()}
+    assert got == {("ahead", i): f"Q{i}" for i in range(8)}
+
+
+def test_pages_behind_a_slow_one_come_back_once(workers: PostWorkers) -> None:
+    """A slow page (not hung) holds up the pages sent behind it only until the other worker takes them too;
+    when the slow worker gets to them as well, their second results are dropped: each page comes back once."""
+    workers.submit("warm", upper, "x")
+    assert collect(workers, 1)["warm"].value == "X"
+    workers.submit("slow", hang, 2.5)
+    for i in range(5):
+        workers.submit(("behind", i), upper, f"b{i}")
+    seen: list[Done] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (len(seen) < 6 or workers.pending()):
+        seen += workers.poll(wait_s=0.2)
+    seen += [d for _ in range(10) for d in workers.poll(wait_s=0.1)]     # the slow worker's copies, if any
+    keys = [d.key for d in seen]
+    assert sorted(map(str, keys)) == sorted(map(str, ["slow", *[("behind", i) for i in range(5)]]))
+    assert keys[-1] == "slow" and all(d.error is None for d in seen)
