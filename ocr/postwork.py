@@ -181,15 +181,17 @@ class PostWorkers:
         if not worker.jobs:
             return done
         elapsed = time.monotonic() - worker.head_since
-        if elapsed > SLOW_S:
+        if elapsed > SLOW_S and len(self._workers) > 1:
             self._give_away(worker, list(worker.jobs)[1:])
-        if worker.process.is_alive() and elapsed <= self._timeout:
+        redundant = elapsed > SLOW_S and worker.jobs[0].seq in self._drop     # a slow copy of a job done
+        if worker.process.is_alive() and elapsed <= self._timeout and not redundant:
             return done
-        timed_out = worker.process.is_alive()
+        timed_out = worker.process.is_alive() and not redundant
         head, behind = worker.jobs.popleft(), list(worker.jobs)
         worker.stop(kill=True)
         self._workers[i] = _Worker(self._ctx)
-        again = [job for job in behind if not self._dropped(job.seq) and job.seq not in worker.given_away]
+        elsewhere = {j.seq for j in self._queue} | {j.seq for w in self._workers for j in w.jobs}
+        again = [job for job in behind if not self._dropped(job.seq) and job.seq not in elsewhere]
         self._queue.extendleft(reversed(again))            # not theirs to fail: sent again, in order
         if self._dropped(head.seq):
             return done
@@ -232,8 +234,12 @@ class PostWorkers:
                     and not (w.jobs and now - w.head_since > SLOW_S)]      # nothing behind a slow job
             if not room:
                 return
+            job = self._queue[0]
+            room = [w for w in room if all(j.seq != job.seq for j in w.jobs)]     # never a job twice to one
+            if not room:                # only the worker that holds it has room: it waits for another
+                return
             worker = min(room, key=lambda w: len(w.jobs))
-            job = self._queue.popleft()
+            self._queue.popleft()
             if not worker.jobs:
                 worker.head_since = time.monotonic()
             worker.send((job.seq, job.fn, job.args))

@@ -166,3 +166,17 @@ def test_pages_behind_a_slow_one_come_back_once(workers: PostWorkers) -> None:
     keys = [d.key for d in seen]
     assert sorted(map(str, keys)) == sorted(map(str, ["slow", *[("behind", i) for i in range(5)]]))
     assert keys[-1] == "slow" and all(d.error is None for d in seen)
+
+
+def test_one_worker_with_a_slow_and_a_hung_page_loses_no_page() -> None:
+    """With the one default worker: a slow page, a hung one and an ordinary one sent behind them all come
+    back, the hung one failed by its time limit, the others with their results."""
+    with PostWorkers(1, timeout_s=5.0) as pool:
+        pool.submit("warm", upper, "x")
+        assert collect(pool, 1)["warm"].value == "X"
+        pool.submit("slow", hang, 2.5)
+        pool.submit("hung", hang, 600.0)
+        pool.submit("plain", upper, "e")
+        got = collect(pool, 3, limit_s=40)
+        assert got["slow"].value == "late" and got["plain"].value == "E"
+        assert got["hung"].timed_out and pool.pending() == 0
