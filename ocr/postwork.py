@@ -85,7 +85,6 @@ class _Worker:
         child.close()
         self.jobs: deque[_Job] = deque()   # sent, in the order it runs them
         self.head_since = 0.0               # when the first of them started, at the latest
-        self.given_away: set[int] = set()   # of those, the ones queued for the other workers too
         self.ready = False
         # sends go through a thread: a 200 KB page fills the pipe, and the control loop must not wait
         # for the worker to be scheduled to read it (0.2 s measured on a loaded 2-core machine)
@@ -171,7 +170,6 @@ class PostWorkers:
                 job = worker.jobs.popleft()
                 assert job.seq == seq, (job.seq, seq)
                 worker.head_since = time.monotonic()        # the next one starts now, at the latest
-                worker.given_away.discard(seq)
                 if not self._dropped(seq):
                     self._finished(job)
                     done.append(Done(job.key, value, None, seconds=seconds) if ok else
@@ -182,7 +180,7 @@ class PostWorkers:
             return done
         elapsed = time.monotonic() - worker.head_since
         if elapsed > SLOW_S and len(self._workers) > 1:
-            self._give_away(worker, list(worker.jobs)[1:])
+            self._give_away(list(worker.jobs)[1:])
         redundant = elapsed > SLOW_S and worker.jobs[0].seq in self._drop     # a slow copy of a job done
         if worker.process.is_alive() and elapsed <= self._timeout and not redundant:
             return done
@@ -199,10 +197,9 @@ class PostWorkers:
         why = f"post-processing ran past {self._timeout:g} s" if timed_out else "the post-processing process died"
         return [*done, Done(head.key, None, why, timed_out=timed_out, seconds=elapsed)]
 
-    def _give_away(self, worker: _Worker, behind: list[_Job]) -> None:
+    def _give_away(self, behind: list[_Job]) -> None:
         """Queue the jobs sent behind a slow one for the other workers as well (once each)."""
-        more = [job for job in behind if job.seq not in worker.given_away and job.seq not in self._drop]
-        worker.given_away.update(job.seq for job in more)
+        more = [job for job in behind if job.seq not in self._copied and job.seq not in self._drop]
         self._copied.update(job.seq for job in more)
         self._queue.extendleft(reversed(more))
 
