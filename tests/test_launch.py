@@ -406,3 +406,28 @@ def test_engines_on_one_gpu_load_one_at_a_time(tmp_path, monkeypatch, caplog):
     assert engine_gpus(1) == ["3"] and engine_gpus(2) == ["3", "5"]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert engine_gpus(2) == ["0", "1"]
+
+
+def test_an_engine_process_forked_in_the_load_does_not_keep_the_gpu_locked(tmp_path):
+    """vLLM forks its engine core inside the load and that process lives as long as the engine: the next
+    runner on the GPU must get the lock once the load is over, not once the first runner's whole run is (with
+    an flock it waited so: the two workers of session 14's H200 launch never ran at the same time)."""
+    import multiprocessing
+
+    from ocr.engines.load_lock import one_load_per_gpu
+
+    with one_load_per_gpu(["0"], tmp_path):
+        engine_core = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+        engine_core.start()
+    try:
+        probe = subprocess.run([sys.executable, "-c", (
+            "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
+            "from ocr.engines.load_lock import one_load_per_gpu\n"
+            "with one_load_per_gpu(['0'], Path(sys.argv[2])):\n"
+            "    print('loading')\n"),
+            str(Path(launch.__file__).parents[1]), str(tmp_path)], capture_output=True, text=True, timeout=30)
+        assert probe.stdout.strip() == "loading" and engine_core.is_alive()
+        assert "another runner is loading" not in probe.stderr
+    finally:
+        engine_core.kill()
+        engine_core.join(5)

@@ -3,6 +3,7 @@ a second runner on the same GPU (launch_workers.py --workers-per-gpu) loads once
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -29,10 +30,15 @@ def one_load_per_gpu(gpus: list[str], folder: Path | None = None) -> Iterator[No
         for gpu in sorted(set(gpus)):
             name = "".join(c if c.isalnum() or c in "-_" else "_" for c in gpu)
             fh = stack.enter_context(open(folder / f"ocr-engine-load-gpu-{name}.lock", "a+"))
+            # lockf (a POSIX record lock), not flock: vLLM forks its engine core inside the load, and a forked
+            # child keeps an flock for as long as it lives, so the second runner on a GPU waited for the
+            # first one's whole run (session 14, H200). Record locks belong to the process, not its children.
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
                 log.warning("engine: another runner is loading an engine on GPU %s; this one loads after it "
                             "(vLLM sizes its KV cache from the GPU memory it finds free)", gpu)
-                fcntl.flock(fh, fcntl.LOCK_EX)
+                fcntl.lockf(fh, fcntl.LOCK_EX)
         yield
