@@ -165,7 +165,8 @@ def check_gpu_memory(gpus: list[Gpu], utilization: float) -> Check:
                  f"--gpu-memory-utilization {lower:.2f}")
 
 
-# Two workers on one H200 (16 cores, 125 GiB): 20.43 pages/s against 18.71 for one (NOTES.md, session 13).
+# Two workers on one H200 (16 cores, 125 GiB): 20.43 pages/s together (NOTES.md, session 13), one worker
+# 19.6-19.8 (session 14): worth a mention on a box like it, not a default.
 CORES_PER_GPU_FOR_TWO = 16
 
 
@@ -183,8 +184,8 @@ def check_sizing(gpus: list[Gpu], ram_gib: float | None, cores: int | None = Non
     return Check("defaults", "OK", f"{smallest:.0f} GiB GPUs{ram_text}: --batch-pages "
                  f"{BIG_GPU_BATCH if big else SMALL_GPU_BATCH}, vision encoder "
                  f"{'in CUDA graphs' if big else 'eager'} unless set on the command line"
-                 + ("; two workers per GPU keep it busier here: launch_workers.py --workers-per-gpu 2" if two
-                    else ""))
+                 + ("; on long runs two workers per GPU may keep it a little busier here (a few percent on an "
+                    "H200): launch_workers.py --workers-per-gpu 2" if two else ""))
 
 
 # The oldest driver that runs any build of a CUDA major version (NVIDIA's minor-version compatibility

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# On the lent H200, after `. bench/gpu_prep_032.sh` and one bench/gpu_session_032.sh row (which leaves its
+# corpus in /tmp/corpus-bench and the full-size checkpoint in /tmp/ckpt): launch_workers.py end to end, the
+# launcher and real runner processes, not the bench's. Dummy weights write no end token, so every page runs
+# to --max-tokens (TOKENS, 576 = the mean of the bench's 128-1024) with the runaway re-read off.
+# Usage: bash bench/gpu_launch_032.sh NAME WORKERS_PER_GPU [more runner flags]
+# Writes $OUT/NAME.log (the launcher), NAME-report.json (the merged report), NAME-worker-*.log.gz and
+# NAME-smi.csv (nvidia-smi every 0.5 s); prints the merged summary and the GPU's busy share.
+set -uo pipefail
+export PYTHONPATH=/tmp/site:/tmp/site-x:$PWD PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
+OUT=${OUT:-/tmp/out}
+TOKENS=${TOKENS:-576}
+ROW_TIMEOUT=${ROW_TIMEOUT:-400}
+name=$1 per=$2; shift 2
+out=/tmp/launch-$name
+[ -d /tmp/corpus-bench ] || { echo "gpu_launch: no /tmp/corpus-bench: run a bench row first"; exit 1; }
+rm -rf "$out"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 \
+  > "$OUT/$name-smi.csv" 2>/dev/null & smi=$!
+start=$(date +%s)
+timeout "$ROW_TIMEOUT" python3 launch_workers.py --gpus 0 --workers-per-gpu "$per" --no-env-file -- \
+  --input-dir /tmp/corpus-bench --output-dir "$out" --model /tmp/ckpt --load-format dummy \
+  --max-tokens "$TOKENS" --runaway-retry off --attention-backend TRITON_ATTN --mm-encoder-attn-backend TORCH_SDPA \
+  "$@" > "$OUT/$name.log" 2>&1
+code=$?
+kill "$smi" 2>/dev/null
+echo "== $name ($per per GPU $*): exit $code in $(( $(date +%s) - start )) s"
+tail -20 "$OUT/$name.log" | cut -c1-300
+for f in "$out"/*.json; do [ -e "$f" ] && cp "$f" "$OUT/$name-$(basename "$f")"; done
+for f in "$out"/logs/worker-*.log; do [ -e "$f" ] && gzip -c "$f" > "$OUT/$name-$(basename "$f").gz"; done
+for f in "$out"/logs/worker-*.log; do grep -m3 -E "engine loaded|batch|gpu_memory|Traceback|Error" "$f" | cut -c1-250; done
+# busy share over the samples while any engine held GPU memory (its load and the run, not the corpus)
+awk -F', ' '$3 > 2000 { n++; s += $2 } END { if (n) printf "GPU busy %.1f%% over %d samples with an engine loaded\n", s / n, n }' \
+  "$OUT/$name-smi.csv"
