@@ -63,6 +63,7 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
     counters: Counter = Counter()
     greek: list[dict[str, Any]] = []
     seconds, after_load = 0.0, 0.0
+    spans: list[tuple[float, float] | None] = []
     for s in shards:
         if s.report is None:
             continue
@@ -72,19 +73,45 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
         greek += [t["greek"]] if isinstance(t.get("greek"), dict) else []
         seconds = max(seconds, float(t.get("seconds", 0.0)))
         after_load += float(t.get("pages_per_s_after_load") or 0.0)
+        spans.append(engine_span(s.report))
     seconds = wall_seconds if wall_seconds is not None else seconds
+    if all("clock" in s.report for s in shards if s.report is not None):
+        # The pages over the time any worker's engine was up: the workers' own rates add up only where they
+        # ran side by side (two workers on one GPU whose loads were one after the other did not). Reports
+        # written before they had a clock: their rates summed.
+        up = union_seconds([span for span in spans if span])
+        after_load = sums["pages"] / up if up else 0.0
     totals: dict[str, Any] = {"pdfs": sums["pdfs"]}
     totals.update({k: v for k, v in sorted(sums.items()) if k.startswith("pdfs_")})
     totals.update({k: sums[k] for k in SUMMED[1:]})
     totals.update(seconds=round(seconds, 1),
                   pages_per_s=round(sums["pages"] / seconds, 3) if seconds else 0.0,
                   tokens_per_s=round(sums["tokens"] / seconds, 1) if seconds else 0.0,
-                  # workers run side by side: their steady rates (engine start-up excluded) add up
                   pages_per_s_after_load=round(after_load, 3),
                   counters=dict(sorted(counters.items())), passes=passes(counters))
     if greek:
         totals["greek"] = merged_greek(greek)
     return totals
+
+
+def engine_span(report: dict[str, Any]) -> tuple[float, float] | None:
+    """From a worker's engine being ready to its report's last write, in Unix seconds; None where its engine
+    never got ready (or the report has no clock)."""
+    clock = report.get("clock") or {}
+    ready, written = clock.get("engine_ready"), clock.get("written")
+    if not isinstance(ready, (int, float)) or not isinstance(written, (int, float)) or written < ready:
+        return None
+    return float(ready), float(written)
+
+
+def union_seconds(spans: list[tuple[float, float]]) -> float:
+    """How long at least one of the spans lasted."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(spans):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
 
 
 def merged_greek(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -142,7 +169,9 @@ def summary_lines(merged: dict[str, Any]) -> list[str]:
     by_status = ", ".join(f"{v} {k[5:]}" for k, v in t.items() if k.startswith("pdfs_")) or "none"
     lines = [f"{len(merged['workers'])} workers, {t['pdfs']} PDFs: {by_status}",
              f"{t['pages']} pages ({t['blank_pages']} blank, {t['failed_pages']} failed) in {t['seconds']} s: "
-             f"{t['pages_per_s']} pages/s in total, {t['tokens_per_s']} tokens/s"]
+             f"{t['pages_per_s']} pages/s in total, {t['tokens_per_s']} tokens/s"
+             + (f", {t['pages_per_s_after_load']} pages/s while engines were up" if t.get('pages_per_s_after_load')
+                else "")]
     lines += [worker_line(w) for w in merged["workers"]]
     lines += counter_lines(t["counters"])
     for p in merged["pdfs"]:

@@ -115,9 +115,16 @@ class RunReport:
         bad = (PdfStatus.FAILED, PdfStatus.PARTIAL, PdfStatus.UNFINISHED, PdfStatus.DAMAGED)
         return [e for e in self.pdfs.values() if e.status in bad]
 
+    def clock(self) -> dict[str, float | None]:
+        """Wall-clock times (Unix seconds): a merge of shard reports finds from them when workers ran side by
+        side, and a reader can match them with the logs."""
+        return {"started": round(self.started, 2),
+                "engine_ready": round(self.engine_ready, 2) if self.engine_ready else None,
+                "written": round(time.time(), 2)}
+
     def to_json(self) -> dict[str, Any]:
         return {"settings": self.settings, "engine": self.engine, "interrupted": self.interrupted,
-                "totals": self.totals(), "events": self.events,
+                "clock": self.clock(), "totals": self.totals(), "events": self.events,
                 "pdfs": [e.to_json() for e in self.pdfs.values()]}
 
     def write(self) -> None:
