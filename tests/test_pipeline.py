@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from conftest import load_report, pdf_entry, run_cli
 from doubles import ScriptedEngine
@@ -143,6 +144,8 @@ def test_report_has_page_details_and_greek_signals(tmp_path):
     assert entry["page_details"][0]["greek"]["greek_share"] > 0.9
     assert entry["counters"]["final_sigma_fixed"] == 1 and entry["counters"]["lookalikes_to_greek"] == 2
     assert report["totals"]["greek"]["greek_letters"] > 20
+    clock = report["clock"]                   # wall-clock times a merge of shard reports lines up
+    assert clock["started"] <= clock["engine_ready"] <= clock["written"] <= time.time() + 0.01   # rounded
 
 
 def test_greek_repair_off_keeps_the_model_text(tmp_path):
