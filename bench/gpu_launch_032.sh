@@ -4,8 +4,9 @@
 # launcher and real runner processes, not the bench's. Dummy weights write no end token, so every page runs
 # to --max-tokens (TOKENS, 576 = the mean of the bench's 128-1024) with the runaway re-read off.
 # Usage: bash bench/gpu_launch_032.sh NAME WORKERS_PER_GPU [more runner flags]
-# Writes $OUT/NAME.log (the launcher), NAME-report.json (the merged report), NAME-worker-*.log.gz and
-# NAME-smi.csv (nvidia-smi every 0.5 s); prints the merged summary and the GPU's busy share.
+# Writes $OUT/NAME.log (the launcher), NAME-run_report.json (the merged report), NAME-parts.tar.gz (the
+# shard reports and every log) and NAME-smi.csv (nvidia-smi every 0.5 s); prints the merged summary (pages/s
+# in total and while engines were up) and the GPU's busy share.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:/tmp/site-x:$PWD PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0
 OUT=${OUT:-/tmp/out}
@@ -26,8 +27,9 @@ code=$?
 kill "$smi" 2>/dev/null
 echo "== $name ($per per GPU $*): exit $code in $(( $(date +%s) - start )) s"
 tail -20 "$OUT/$name.log" | cut -c1-300
-for f in "$out"/*.json; do [ -e "$f" ] && cp "$f" "$OUT/$name-$(basename "$f")"; done
-for f in "$out"/logs/worker-*.log; do [ -e "$f" ] && gzip -c "$f" > "$OUT/$name-$(basename "$f").gz"; done
+# At most 8 files come back from a call: the merged report alone, the shard reports and logs in one tar.
+[ -e "$out/run_report.json" ] && cp "$out/run_report.json" "$OUT/$name-run_report.json"
+(cd "$out" && tar -czf "$OUT/$name-parts.tar.gz" run_report.shard-*.json logs 2>/dev/null)
 for f in "$out"/logs/worker-*.log; do grep -m3 -E "engine loaded|batch|gpu_memory|Traceback|Error" "$f" | cut -c1-250; done
 # busy share over the samples while any engine held GPU memory (its load and the run, not the corpus)
 awk -F', ' '$3 > 2000 { n++; s += $2 } END { if (n) printf "GPU busy %.1f%% over %d samples with an engine loaded\n", s / n, n }' \
