@@ -95,7 +95,7 @@ def test_input_threads_use_their_own_torch_thread_count(tmp_path, monkeypatch, t
 def test_a_gpu_engine_loads_holding_its_gpus_load_lock(tmp_path, monkeypatch, tiny_checkpoint):
     """On CUDA, vllm.LLM is built while this GPU's load lock is held (a second runner on the GPU waits),
     and the lock is free once the engine has loaded; the CPU engine takes none."""
-    import fcntl
+    import subprocess
     import tempfile
 
     from ocr.engines import vllm as engine_mod
@@ -108,15 +108,17 @@ def test_a_gpu_engine_loads_holding_its_gpus_load_lock(tmp_path, monkeypatch, ti
             held.append(is_locked())
 
     def is_locked() -> bool:
+        """Whether another process (a second runner on the GPU) would have to wait for the lock."""
         if not lock.exists():
             return False
-        with open(lock, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            return False
+        probe = subprocess.run([sys.executable, "-c", (
+            "import fcntl, sys\n"
+            "with open(sys.argv[1], 'a+') as fh:\n"
+            "    try:\n"
+            "        fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+            "    except OSError:\n"
+            "        print('held')\n"), str(lock)], capture_output=True, text=True, timeout=60)
+        return probe.stdout.strip() == "held"
 
     monkeypatch.setattr(vllm, "LLM", _Recording)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
