@@ -30,7 +30,7 @@ tail -20 "$OUT/$name.log" | cut -c1-300
 # At most 8 files come back from a call: the merged report alone, the shard reports and logs in one tar.
 [ -e "$out/run_report.json" ] && cp "$out/run_report.json" "$OUT/$name-run_report.json"
 (cd "$out" && tar -czf "$OUT/$name-parts.tar.gz" run_report.shard-*.json logs 2>/dev/null)
-for f in "$out"/logs/worker-*.log; do grep -m3 -E "engine loaded|batch|gpu_memory|Traceback|Error" "$f" | cut -c1-250; done
+for f in "$out"/logs/worker-*.log; do grep -m3 -E "engine: ready in|Traceback|Error" "$f" | cut -c1-250; done
 # busy share over the samples while any engine held GPU memory (its load and the run, not the corpus)
 awk -F', ' '$3 > 2000 { n++; s += $2 } END { if (n) printf "GPU busy %.1f%% over %d samples with an engine loaded\n", s / n, n }' \
   "$OUT/$name-smi.csv"

@@ -63,7 +63,7 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
     counters: Counter = Counter()
     greek: list[dict[str, Any]] = []
     seconds, after_load = 0.0, 0.0
-    spans: list[tuple[float, float] | None] = []
+    spans: list[tuple[float, float]] = []   # each worker's engine up, where it got ready
     for s in shards:
         if s.report is None:
             continue
@@ -73,13 +73,14 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
         greek += [t["greek"]] if isinstance(t.get("greek"), dict) else []
         seconds = max(seconds, float(t.get("seconds", 0.0)))
         after_load += float(t.get("pages_per_s_after_load") or 0.0)
-        spans.append(engine_span(s.report))
+        span = engine_span(s.report)
+        spans += [span] if span else []
     seconds = wall_seconds if wall_seconds is not None else seconds
     if all("clock" in s.report for s in shards if s.report is not None):
         # The pages over the time any worker's engine was up: the workers' own rates add up only where they
         # ran side by side (two workers on one GPU whose loads were one after the other did not). Reports
         # written before they had a clock: their rates summed.
-        up = union_seconds([span for span in spans if span])
+        up = union_seconds(spans)
         after_load = sums["pages"] / up if up else 0.0
     totals: dict[str, Any] = {"pdfs": sums["pdfs"]}
     totals.update({k: v for k, v in sorted(sums.items()) if k.startswith("pdfs_")})
