@@ -167,25 +167,19 @@ def check_gpu_memory(gpus: list[Gpu], utilization: float) -> Check:
 
 # Two workers on one H200 (16 cores, 125 GiB): 20.43 pages/s together (NOTES.md, session 13), one worker
 # 19.6-19.8 (session 14): worth a mention on a box like it, not a default.
-CORES_PER_GPU_FOR_TWO = 16
-
-
-def check_sizing(gpus: list[Gpu], ram_gib: float | None, cores: int | None = None) -> Check:
-    """What the runner's GPU-sized defaults come to on this box (ocr/gpu_sizing.py), and whether two workers
-    per GPU are worth it here (a big GPU with the cores and RAM of two): information, never a fault."""
-    from .gpu_sizing import BIG_GPU_BATCH, RAM_PER_GPU_GIB, big_gpu
+def check_sizing(gpus: list[Gpu], ram_gib: float | None) -> Check:
+    """What the runner's GPU-sized defaults come to on this box (ocr/gpu_sizing.py): information, never a
+    fault. (It no longer suggests two workers per GPU: on an H200 the launcher's two did no better than one
+    over a run, NOTES.md session 15.)"""
+    from .gpu_sizing import BIG_GPU_BATCH, big_gpu
     from .config import SMALL_GPU_BATCH
     smallest = min(g.total_mib for g in gpus) / 1024
     per_gpu = ram_gib / len(gpus) if ram_gib else None
     big = big_gpu(smallest, per_gpu)
     ram_text = f", {per_gpu:.0f} GiB of RAM per GPU" if per_gpu else ""
-    two = big and cores is not None and cores / len(gpus) >= CORES_PER_GPU_FOR_TWO and \
-        per_gpu is not None and per_gpu >= 2 * RAM_PER_GPU_GIB
     return Check("defaults", "OK", f"{smallest:.0f} GiB GPUs{ram_text}: --batch-pages "
                  f"{BIG_GPU_BATCH if big else SMALL_GPU_BATCH}, vision encoder "
-                 f"{'in CUDA graphs' if big else 'eager'} unless set on the command line"
-                 + ("; on long runs two workers per GPU may keep it a little busier here (a few percent on an "
-                    "H200): launch_workers.py --workers-per-gpu 2" if two else ""))
+                 f"{'in CUDA graphs' if big else 'eager'} unless set on the command line")
 
 
 # The oldest driver that runs any build of a CUDA major version (NVIDIA's minor-version compatibility
@@ -370,7 +364,7 @@ def run_checks(model: str, output_dir: Path, utilization: float = 0.9) -> tuple[
     checks = [check_python(), check_gpus(gpus)]
     if gpus:
         from .gpu_sizing import host_ram_gib
-        checks += [check_gpu_memory(gpus, utilization), check_sizing(gpus, host_ram_gib(), os.cpu_count()),
+        checks += [check_gpu_memory(gpus, utilization), check_sizing(gpus, host_ram_gib()),
                    check_driver(gpus, driver_cuda_version(), torch_cuda)]
     checks += [check_torch(bool(gpus), torch_cuda, cuda_ok), check_vllm(bool(gpus)), check_weights(model),
                check_disk(output_dir), check_tmux()]

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import os
 
-from .config import SMALL_GPU_BATCH, Config
+from .config import SMALL_GPU_BATCH, Config, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +81,18 @@ def settle(cfg: Config, memory_gib: float | None = None, probe: bool = True,
                  "(--mm-encoder-cudagraph)", gib, ram_text, settled.batch_pages,
                  "in CUDA graphs" if settled.mm_encoder_cudagraph else "eager")
     return settled
+
+
+def memory_share(utilization: float, was_set: bool, share: float, sharing: str) -> float:
+    """The --gpu-memory-utilization of one of the workers sharing a GPU, each `share` of it (vLLM refuses to
+    start when the memory it asks for is not free): the default scaled to its share, a set one kept where the
+    workers' shares fit in GPU_MEMORY_SHARED together. `sharing` names the flag that shares the GPU."""
+    if share >= 1:
+        return utilization
+    most = GPU_MEMORY_SHARED * share
+    if not was_set:
+        return round(utilization * share, 2)
+    if utilization > most:
+        raise UsageError(f"--gpu-memory-utilization {utilization} does not fit {sharing}: use at most "
+                         f"{most:.2f}, or leave it out")
+    return utilization

@@ -18,7 +18,7 @@ from typing import IO, Callable, Sequence
 
 from .config import Config, UsageError, build_parser, validate
 from .engines.vllm import check_tensor_parallel
-from .gpu_sizing import GPU_MEMORY_SHARED
+from .gpu_sizing import memory_share
 from .merge_reports import Shard, load_shard, merge, report_path, summary_lines, write_merged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,16 +102,12 @@ def plan_workers(gpus: list[str], tp: int, command: Sequence[str], runner_args: 
 
 def share_gpu_memory(runner_args: Sequence[str], cfg: Config, per_gpu: int) -> list[str]:
     """The runner's arguments with each of `per_gpu` workers on one GPU given its share of the GPU's memory
-    (vLLM refuses to start when the share it asks for is not free), or the user's own share if it fits."""
-    if per_gpu == 1:
+    (gpu_sizing.memory_share), or the user's own share if it fits."""
+    was_set = any(a == "--gpu-memory-utilization" or a.startswith("--gpu-memory-utilization=") for a in runner_args)
+    share = memory_share(cfg.gpu_memory_utilization, was_set, 1 / per_gpu, f"--workers-per-gpu {per_gpu}")
+    if per_gpu == 1 or was_set:
         return list(runner_args)
-    if any(a == "--gpu-memory-utilization" or a.startswith("--gpu-memory-utilization=") for a in runner_args):
-        if cfg.gpu_memory_utilization * per_gpu > GPU_MEMORY_SHARED:
-            raise LaunchError(f"--gpu-memory-utilization {cfg.gpu_memory_utilization} x --workers-per-gpu "
-                              f"{per_gpu} is more than the GPU has: use at most "
-                              f"{GPU_MEMORY_SHARED / per_gpu:.2f}, or leave it out")
-        return list(runner_args)
-    return [*runner_args, "--gpu-memory-utilization", f"{cfg.gpu_memory_utilization / per_gpu:.2f}"]
+    return [*runner_args, "--gpu-memory-utilization", f"{share:.2f}"]
 
 
 def load_env_file(path: Path | None) -> dict[str, str]:

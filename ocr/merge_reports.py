@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import Config
-from .report import counter_lines, passes
+from .report import counter_lines, passes, up_rates
 from .store import json_text, write_atomic
 
-SUMMED = ("pdfs", "pages", "blank_pages", "failed_pages", "tokens")
+SUMMED = ("pdfs", "pages", "blank_pages", "failed_pages", "tokens", "read_pages")
+AFTER_LOAD = {"pages_per_s_after_load": "pages", "read_pages_per_s_after_load": "read_pages"}   # rate: count
 PROBLEM_STATUSES = ("failed", "partial", "unfinished", "damaged")
 
 
@@ -62,7 +63,8 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
     sums: Counter = Counter()
     counters: Counter = Counter()
     greek: list[dict[str, Any]] = []
-    seconds, after_load = 0.0, 0.0
+    seconds = 0.0
+    rates: Counter = Counter()              # pages, and pages read, per second of engines up
     spans: list[tuple[float, float]] = []   # each worker's engine up, where it got ready
     for s in shards:
         if s.report is None:
@@ -72,7 +74,7 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
         counters.update(t.get("counters", {}))
         greek += [t["greek"]] if isinstance(t.get("greek"), dict) else []
         seconds = max(seconds, float(t.get("seconds", 0.0)))
-        after_load += float(t.get("pages_per_s_after_load") or 0.0)
+        rates.update({k: float(t.get(k) or 0.0) for k in AFTER_LOAD})
         span = engine_span(s.report)
         spans += [span] if span else []
     seconds = wall_seconds if wall_seconds is not None else seconds
@@ -81,14 +83,14 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
         # ran side by side (two workers on one GPU whose loads were one after the other did not). Reports
         # written before they had a clock: their rates summed.
         up = union_seconds(spans)
-        after_load = sums["pages"] / up if up else 0.0
+        rates = Counter({k: sums[pages] / up if up else 0.0 for k, pages in AFTER_LOAD.items()})
     totals: dict[str, Any] = {"pdfs": sums["pdfs"]}
     totals.update({k: v for k, v in sorted(sums.items()) if k.startswith("pdfs_")})
     totals.update({k: sums[k] for k in SUMMED[1:]})
     totals.update(seconds=round(seconds, 1),
                   pages_per_s=round(sums["pages"] / seconds, 3) if seconds else 0.0,
                   tokens_per_s=round(sums["tokens"] / seconds, 1) if seconds else 0.0,
-                  pages_per_s_after_load=round(after_load, 3),
+                  **{k: round(rates[k], 3) for k in AFTER_LOAD},
                   counters=dict(sorted(counters.items())), passes=passes(counters))
     if greek:
         totals["greek"] = merged_greek(greek)
@@ -171,8 +173,7 @@ def summary_lines(merged: dict[str, Any]) -> list[str]:
     lines = [f"{len(merged['workers'])} workers, {t['pdfs']} PDFs: {by_status}",
              f"{t['pages']} pages ({t['blank_pages']} blank, {t['failed_pages']} failed) in {t['seconds']} s: "
              f"{t['pages_per_s']} pages/s in total, {t['tokens_per_s']} tokens/s"
-             + (f", {t['pages_per_s_after_load']} pages/s while engines were up" if t.get('pages_per_s_after_load')
-                else "")]
+             + up_rates(t)]
     lines += [worker_line(w) for w in merged["workers"]]
     lines += counter_lines(t["counters"])
     for p in merged["pdfs"]:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .checkpoint import SetupError
 from .cli import ExitCode, guarded
 from .config import VLLM_SPEC, Config, UsageError, build_parser, validate
-from .gpu_sizing import GPU_MEMORY_SHARED, settle
+from .gpu_sizing import memory_share, settle
 from .engines.base import Engine
 from .engines.vllm import check_tensor_parallel
 from .jsonl_out import jsonl_path
@@ -131,18 +131,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[RayOptions, Config]:
 
 
 def share_gpu_memory(cfg: Config, gpus_per_worker: float) -> Config:
-    """Workers sharing a GPU (--gpus-per-worker below 1) each ask vLLM for their share of its memory (vLLM
-    refuses to start when the share it asks for is not free): the default share scaled, a set one checked."""
+    """Workers sharing a GPU (--gpus-per-worker below 1) each ask vLLM for their share of its memory
+    (gpu_sizing.memory_share; a value other than the default counts as set)."""
     if not 0 < gpus_per_worker < 1:
         return cfg
-    most = GPU_MEMORY_SHARED * gpus_per_worker
     default = Config.__dataclass_fields__["gpu_memory_utilization"].default
-    if cfg.gpu_memory_utilization <= most:
-        return cfg
-    if cfg.gpu_memory_utilization != default:
-        raise UsageError(f"--gpu-memory-utilization {cfg.gpu_memory_utilization} does not fit "
-                         f"--gpus-per-worker {gpus_per_worker:g}: use at most {most:.2f}, or leave it out")
-    return dataclasses.replace(cfg, gpu_memory_utilization=round(default * gpus_per_worker, 2))
+    share = memory_share(cfg.gpu_memory_utilization, cfg.gpu_memory_utilization != default, gpus_per_worker,
+                         f"--gpus-per-worker {gpus_per_worker:g}")
+    return dataclasses.replace(cfg, gpu_memory_utilization=share)
 
 
 # --- the coordinator: one actor holding the lease queue ---------------------------------------------------

@@ -496,3 +496,34 @@ def test_runner_rows_of_processes_that_shared_a_gpu_are_summed(tmp_path, fake_vl
     assert both["pages_per_s"] == pytest.approx(12 / both["seconds"], rel=0.01)
     with pytest.raises(SystemExit, match="no runner clock"):
         combine_rows.combine([{"runner": {"ocr_pages": 1}}])
+
+
+def test_launch_figures_count_the_time_two_workers_were_up_side_by_side(tmp_path, monkeypatch):
+    """Two workers of one GPU, the second ready 30 s after the first: 900 pages read over the 100 s that some
+    engine was up, 60 s of them side by side; the GPU's busy share over each window from nvidia-smi."""
+    import io
+    import tarfile
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import launch_figures
+
+    def report(ready: float, written: float, pages: int, blank: int) -> dict:
+        return {"clock": {"started": ready - 20.0, "engine_ready": ready, "written": written},
+                "totals": {"pages": pages, "blank_pages": blank}}
+    t0 = 1_800_000_000.0
+    shards = [report(t0, t0 + 90.0, 500, 50), report(t0 + 30.0, t0 + 100.0, 500, 50)]
+    merged = report(t0, t0 + 100.0, 1000, 100)
+    prefix = tmp_path / "run"
+    (tmp_path / "run-run_report.json").write_text(json.dumps(merged))
+    with tarfile.open(tmp_path / "run-parts.tar.gz", "w:gz") as tar:
+        for i, shard in enumerate(shards):
+            data = json.dumps(shard).encode()
+            info = tarfile.TarInfo(f"run_report.shard-{i}-of-2.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    stamp = lambda s: time.strftime("%Y/%m/%d %H:%M:%S.000", time.gmtime(t0 + s))   # noqa: E731
+    rows = [f"{stamp(s)}, {100 if 30 <= s <= 90 else 50}, 9000" for s in range(0, 101, 5)]
+    (tmp_path / "run-smi.csv").write_text("\n".join(rows) + "\n")
+    res = launch_figures.figures(prefix)
+    assert res["read_pages"] == 900 and res["engines_up_s"] == 100.0 and res["read_pages_per_s"] == 9.0
+    assert res["side_by_side_s"] == 60.0 and res["gpu_busy_side_by_side"] == 100.0
+    assert res["loads_s"] == [20.0, 20.0] and 50.0 < res["gpu_busy_engines_up"] < 100.0

@@ -9,7 +9,8 @@ import types
 import pytest
 
 from doubles import ScriptedEngine
-from ocr.config import parse_config
+from ocr import gpu_sizing
+from ocr.config import UsageError, parse_config
 from ocr.engines.vllm import Platform, engine_kwargs
 from ocr.gpu_sizing import gpu_memory_gib, ram_per_gpu_gib, settle
 from pdfgen import make_pdf, numbered_pages
@@ -82,3 +83,20 @@ def test_the_runner_settles_before_the_engine_and_the_report(tmp_path, inline_re
     settings = json.loads((out / "run_report.json").read_text())["settings"]
     assert (settings["batch_pages"], settings["mm_encoder_cudagraph"]) == (256, True)
     assert (out / "a.md").read_text().count("Text of page") == 2
+
+
+@pytest.mark.parametrize("utilization, was_set, share, expected", [
+    (0.9, False, 1.0, 0.9),        # a GPU of its own: as given
+    (0.9, False, 0.5, 0.45),       # the default, halved for two workers
+    (0.9, False, 1 / 3, 0.3),
+    (0.4, True, 0.5, 0.4),         # a set share that fits twice is kept
+    (0.9, True, 1.0, 0.9),
+])
+def test_workers_sharing_a_gpu_ask_for_their_share_of_its_memory(utilization, was_set, share, expected):
+    assert gpu_sizing.memory_share(utilization, was_set, share, "--workers-per-gpu 2") == pytest.approx(expected)
+
+
+def test_a_set_share_that_does_not_fit_the_gpu_twice_is_refused():
+    with pytest.raises(UsageError, match=r"--gpu-memory-utilization 0.6 does not fit --gpus-per-worker 0.5: "
+                                         r"use at most 0.47, or leave it out"):
+        gpu_sizing.memory_share(0.6, True, 0.5, "--gpus-per-worker 0.5")

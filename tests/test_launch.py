@@ -364,7 +364,7 @@ def test_two_workers_per_gpu_share_its_memory(fake):
 
 @pytest.mark.parametrize("extra, runner_extra, message", [
     (["--workers-per-gpu", "2"], ["--gpu-memory-utilization", "0.9"],
-     "--gpu-memory-utilization 0.9 x --workers-per-gpu 2 is more than the GPU has: use at most 0.47"),
+     "--gpu-memory-utilization 0.9 does not fit --workers-per-gpu 2: use at most 0.47"),
     (["--workers-per-gpu", "0"], [], "--workers-per-gpu 0: give 1 or more"),
 ])
 def test_workers_per_gpu_that_cannot_fit_are_refused(fake, capsys, extra, runner_extra, message):

@@ -1,11 +1,15 @@
 """Merged shard reports: a damaged PDF (some pages lost in the file) is a problem, as in one worker's report;
-the rate with engines up counts workers side by side only where they were."""
+the rate with engines up counts workers side by side only where they were, and the pages the model read apart
+from the blank and resumed ones."""
 
 from pathlib import Path
 
 import pytest
 
 from ocr import merge_reports
+from ocr.finish import blank_page, failed_page
+from ocr.records import PageResult, PageStatus
+from ocr.report import PdfStatus, RunReport
 
 
 def merged_with(*statuses: str) -> dict:
@@ -20,10 +24,14 @@ def test_a_damaged_pdf_keeps_the_merged_run_from_counting_as_complete():
         assert not merge_reports.complete(merged_with(status))
 
 
-def shard(index: int, pages: int, ready: float | None, written: float, rate: float) -> merge_reports.Shard:
-    """A worker's report whose engine was up from `ready` to `written` (Unix seconds)."""
+def shard(index: int, pages: int, ready: float | None, written: float, rate: float,
+          read: int | None = None) -> merge_reports.Shard:
+    """A worker's report whose engine was up from `ready` to `written` (Unix seconds), `read` of its pages
+    read by the model (None: a report from before it counted them)."""
     totals = {"pdfs": 1, "pdfs_complete": 1, "pages": pages, "blank_pages": 0, "failed_pages": 0, "tokens": 0,
               "seconds": written - 1000.0, "pages_per_s": 1.0, "pages_per_s_after_load": rate}
+    if read is not None:
+        totals.update(read_pages=read, read_pages_per_s_after_load=read / (written - ready) if ready else 0.0)
     return merge_reports.Shard(index, Path(f"r{index}.json"), report={
         "totals": totals, "clock": {"started": 1000.0, "engine_ready": ready, "written": written}})
 
@@ -55,3 +63,41 @@ def test_workers_that_ran_one_after_the_other_do_not_add_their_rates_up():
     del old.report["clock"]                                # a report from before reports had a clock
     assert merge_reports.merged_totals([shard(0, 672, 1100.0, 1140.0, 16.8), old],
                                        wall_seconds=180.0)["pages_per_s_after_load"] == pytest.approx(33.6)
+
+
+def ok(page: int) -> PageResult:
+    return PageResult(page, PageStatus.OK, f"text of page {page}", tokens=10)
+
+
+def test_the_pages_read_by_the_model_leave_out_blank_failed_and_resumed_pages(tmp_path, monkeypatch):
+    """A 10-page PDF resumed with pages 1-3 from the journal, then 5 read, one blank, one failed: the model read
+    5 pages in this run. Its rate is what compares with the engine; the pages rate counts all 9 written."""
+    clock = [1000.0]
+    monkeypatch.setattr("ocr.report.time.time", lambda: clock[0])
+    report = RunReport(tmp_path / "run_report.json", {})
+    report.pdf_opened("a.pdf", 10, [ok(1), ok(2), blank_page(3)])
+    clock[0] = 1030.0
+    report.engine_ready = clock[0]
+    for page in range(4, 9):
+        report.add_page("a.pdf", ok(page))
+    report.add_page("a.pdf", blank_page(9))
+    report.add_page("a.pdf", failed_page(10, "engine error"))
+    report.pdf_settled("a.pdf", PdfStatus.PARTIAL)
+    clock[0] = 1040.0
+    t = report.totals()
+    assert (t["pages"], t["blank_pages"], t["failed_pages"], t["read_pages"]) == (9, 2, 1, 5)
+    assert t["pages_per_s_after_load"] == pytest.approx(0.9)
+    assert t["read_pages_per_s_after_load"] == pytest.approx(0.5)
+    assert "0.9 pages/s (0.5 read by the model) while the engine was up" in report.summary_lines()[1]
+
+
+def test_the_merged_read_rate_is_over_the_time_engines_were_up():
+    merged = merge_reports.merged_totals([shard(0, 672, 1100.0, 1140.0, 16.8, read=588),
+                                          shard(1, 672, 1140.0, 1180.0, 16.8, read=588)], wall_seconds=180.0)
+    assert merged["read_pages"] == 1176
+    assert merged["read_pages_per_s_after_load"] == pytest.approx(1176 / 80)
+    line = merge_reports.summary_lines({"totals": {**merged, "counters": {}}, "workers": [], "pdfs": [],
+                                        "interrupted": None})[1]
+    assert f"16.8 pages/s ({merged['read_pages_per_s_after_load']} read by the model) while engines were up" in line
+    old = merge_reports.merged_totals([shard(0, 672, 1100.0, 1140.0, 16.8)], wall_seconds=180.0)
+    assert old["read_pages"] == 0 and "read by the model" not in merge_reports.up_rates(old)

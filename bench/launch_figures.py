@@ -1,0 +1,92 @@
+"""Figures of one bench/gpu_launch_032.sh run from what it brought back: pages read by the model per second
+over the time engines were up, the time two workers were up side by side, and the GPU's busy share then.
+
+    python bench/launch_figures.py DIR/NAME [--json OUT]
+
+reads NAME-run_report.json(.gz), the shard reports in NAME-parts.tar.gz and NAME-smi.csv(.gz) (nvidia-smi's
+timestamps are taken as UTC, as on the lent machine). The pages read are the pages less the blank ones (the
+reports of that run had no `read_pages` yet; nothing was resumed there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import gzip
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    gz = path.with_name(path.name + ".gz")
+    return gzip.open(gz, "rt") if not path.exists() and gz.exists() else open(path)
+
+
+def shard_clocks(prefix: Path, merged: dict[str, Any]) -> list[dict[str, float]]:
+    """Each worker's clock (started, engine_ready, written): from the shard reports, or the one report."""
+    parts = prefix.with_name(prefix.name + "-parts.tar.gz")
+    clocks = []
+    if parts.exists():
+        with tarfile.open(parts) as tar:
+            for member in tar.getmembers():
+                if Path(member.name).name.startswith("run_report.shard-"):
+                    clocks.append(json.load(tar.extractfile(member))["clock"])
+    return clocks or [merged["clock"]]
+
+
+def smi_samples(prefix: Path) -> list[tuple[float, float]]:
+    """(Unix seconds, GPU utilization %) of every nvidia-smi sample."""
+    out = []
+    with _open_text(prefix.with_name(prefix.name + "-smi.csv")) as f:
+        for row in csv.reader(f):
+            try:
+                t = dt.datetime.strptime(row[0].strip(), "%Y/%m/%d %H:%M:%S.%f").replace(tzinfo=dt.timezone.utc)
+                out.append((t.timestamp(), float(row[1])))
+            except (ValueError, IndexError):
+                continue
+    return out
+
+
+def busy(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
+    inside = [u for t, u in samples if start <= t <= end]
+    return round(sum(inside) / len(inside), 1) if inside else None
+
+
+def figures(prefix: Path) -> dict[str, Any]:
+    with _open_text(prefix.with_name(prefix.name + "-run_report.json")) as f:
+        merged = json.load(f)
+    t = merged["totals"]
+    read = t.get("read_pages") or t["pages"] - t["blank_pages"]
+    clocks = [c for c in shard_clocks(prefix, merged) if c.get("engine_ready")]
+    first, last = min(c["engine_ready"] for c in clocks), max(c["written"] for c in clocks)
+    both = max(c["engine_ready"] for c in clocks), min(c["written"] for c in clocks)
+    samples = smi_samples(prefix)
+    res = {"workers": len(clocks), "pages": t["pages"], "read_pages": read,
+           "loads_s": [round(c["engine_ready"] - c["started"], 1) for c in clocks],
+           "engines_up_s": round(last - first, 1), "read_pages_per_s": round(read / (last - first), 2),
+           "gpu_busy_engines_up": busy(samples, first, last)}
+    if len(clocks) > 1:
+        res.update(side_by_side_s=round(max(0.0, both[1] - both[0]), 1),
+                   gpu_busy_side_by_side=busy(samples, *both) if both[1] > both[0] else None)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("prefix", type=Path, help="DIR/NAME of the run's files")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    a = ap.parse_args(argv)
+    res = figures(a.prefix)
+    print(json.dumps(res))
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
