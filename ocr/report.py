@@ -162,12 +162,9 @@ class RunReport:
 
     def text(self) -> str:
         """The report's JSON: indented, each PDF on one line of its own (to_json() once parsed)."""
-        head = json_text({**self._head(), "pdfs": []}, indent=1)
-        assert head.endswith(' "pdfs": []\n}')
-        if not self.pdfs:
-            return head + "\n"
-        lines = ",\n  ".join(e.text() for e in self.pdfs.values())
-        return head[:-len("[]\n}")] + "[\n  " + lines + "\n ]\n}\n"
+        head = json_text(self._head(), indent=1)          # "{\n "settings": ...\n}"
+        pdfs = "[\n  " + ",\n  ".join(e.text() for e in self.pdfs.values()) + "\n ]" if self.pdfs else "[]"
+        return head[:-2] + ',\n "pdfs": ' + pdfs + "\n}\n"
 
     def write(self) -> None:
         write_atomic(self.path, self.text())
