@@ -21,6 +21,9 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ocr.merge_reports import union_seconds   # noqa: E402
+
 
 def _open_text(path: Path) -> io.TextIOBase:
     gz = path.with_name(path.name + ".gz")
@@ -61,14 +64,18 @@ def figures(prefix: Path) -> dict[str, Any]:
     with _open_text(prefix.with_name(prefix.name + "-run_report.json")) as f:
         merged = json.load(f)
     t = merged["totals"]
-    read = t.get("read_pages") or t["pages"] - t["blank_pages"]
+    read = t["read_pages"] if "read_pages" in t else t["pages"] - t["blank_pages"]
     clocks = [c for c in shard_clocks(prefix, merged) if c.get("engine_ready")]
-    first, last = min(c["engine_ready"] for c in clocks), max(c["written"] for c in clocks)
-    both = max(c["engine_ready"] for c in clocks), min(c["written"] for c in clocks)
+    if not clocks:
+        raise SystemExit(f"{prefix}: no engine got ready in this run")
+    spans = [(c["engine_ready"], c["written"]) for c in clocks]
+    first, last = min(a for a, _ in spans), max(b for _, b in spans)
+    both = max(a for a, _ in spans), min(b for _, b in spans)
+    up = union_seconds(spans)                      # a gap between workers that ran one after the other: out
     samples = smi_samples(prefix)
     res = {"workers": len(clocks), "pages": t["pages"], "read_pages": read,
            "loads_s": [round(c["engine_ready"] - c["started"], 1) for c in clocks],
-           "engines_up_s": round(last - first, 1), "read_pages_per_s": round(read / (last - first), 2),
+           "engines_up_s": round(up, 1), "read_pages_per_s": round(read / up, 2),
            "gpu_busy_engines_up": busy(samples, first, last)}
     if len(clocks) > 1:
         res.update(side_by_side_s=round(max(0.0, both[1] - both[0]), 1),

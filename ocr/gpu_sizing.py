@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 
 from .config import SMALL_GPU_BATCH, Config, UsageError
@@ -93,6 +94,7 @@ def memory_share(utilization: float, was_set: bool, share: float, sharing: str) 
     if not was_set:
         return round(utilization * share, 2)
     if utilization > most:
+        # rounded down: 0.95 / 3 = 0.3167 printed as 0.32 would itself be refused
         raise UsageError(f"--gpu-memory-utilization {utilization} does not fit {sharing}: use at most "
-                         f"{most:.2f}, or leave it out")
+                         f"{math.floor(most * 100) / 100:.2f}, or leave it out")
     return utilization

@@ -125,7 +125,10 @@ class RunReport:
         counters: Counter = Counter()
         for e in entries:
             counters.update(e.counters)
-        greek = greek_summary(sum((e.greek_counts() for e in entries), Counter()))
+        greek_total: Counter = Counter()
+        for e in entries:
+            greek_total.update(e.greek_counts())       # update, not +: a count of 0 stays in the totals
+        greek = greek_summary(greek_total)
         since_ready = time.time() - self.engine_ready if self.engine_ready else 0.0
         read = sum(e.read_pages for e in entries)
         return {"pdfs": len(self.pdfs), **{f"pdfs_{k}": v for k, v in sorted(by_status.items())},
@@ -137,7 +140,8 @@ class RunReport:
                 # engine start-up excluded; blank and resumed pages count here, as the corpus's pages
                 "pages_per_s_after_load": round(pages / since_ready, 3) if since_ready else 0.0,
                 # what to compare with the raw engine: the pages it read, over the time it was up (a corpus
-                # with every 8th page blank made the figure above 14% higher, NOTES.md session 15)
+                # with every 8th page blank made the figure above 14% higher, NOTES.md session 15); unlike
+                # `pages`, this counts the pages of PDFs an interrupted run left unfinished: they were read
                 "read_pages": read,
                 "read_pages_per_s_after_load": round(read / since_ready, 3) if since_ready else 0.0,
                 "counters": dict(sorted(counters.items())), "passes": passes(counters), "greek": greek}

@@ -4,6 +4,7 @@ graphs, a smaller one (the 24 GB L4) or none the measured-safe 128 and eager enc
 from __future__ import annotations
 
 import json
+import re
 import types
 
 import pytest
@@ -96,7 +97,11 @@ def test_workers_sharing_a_gpu_ask_for_their_share_of_its_memory(utilization, wa
     assert gpu_sizing.memory_share(utilization, was_set, share, "--workers-per-gpu 2") == pytest.approx(expected)
 
 
-def test_a_set_share_that_does_not_fit_the_gpu_twice_is_refused():
-    with pytest.raises(UsageError, match=r"--gpu-memory-utilization 0.6 does not fit --gpus-per-worker 0.5: "
-                                         r"use at most 0.47, or leave it out"):
-        gpu_sizing.memory_share(0.6, True, 0.5, "--gpus-per-worker 0.5")
+@pytest.mark.parametrize("workers", [2, 3, 4, 6, 7, 8])
+def test_a_set_share_that_does_not_fit_is_refused_with_one_that_does(workers):
+    with pytest.raises(UsageError, match=re.escape(f"--gpu-memory-utilization 0.9 does not fit --workers-per-gpu "
+                                                   f"{workers}: use at most ")) as refused:
+        gpu_sizing.memory_share(0.9, True, 1 / workers, f"--workers-per-gpu {workers}")
+    most = float(str(refused.value).split("use at most ")[1].split(",")[0])
+    assert gpu_sizing.memory_share(most, True, 1 / workers, "") == most      # what it suggests is taken
+    assert most > gpu_sizing.GPU_MEMORY_SHARED / workers - 0.01
