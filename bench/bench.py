@@ -508,11 +508,12 @@ def _render_one(path: str, page_no: int, dpi: int, max_pixels: int) -> tuple:
     return page_no, None if blank else image, blank, rw, rc, bw, bc, None
 
 
-def render_corpus(cfg: Any, timers: Timers, workers: int) -> tuple[list[tuple[Any, int, Any]], dict[Path, list[int]], dict]:
+def render_corpus(cfg: Any, timers: Timers, workers: int, limit: int | None = None
+                  ) -> tuple[list[tuple[Any, int, Any]], dict[Path, list[int]], dict]:
     """Every page as the runner renders it (ocr.render.render_page at its DPI and pixel cap), blank
     pages left out as the runner leaves them out (ocr.blank.is_mostly_blank), in `workers` processes
-    (each stage is timed inside them). Returns the pages to OCR (job, page number, image), the blank
-    page numbers per PDF, and counts."""
+    (each stage is timed inside them); only the first `limit` pages where set. Returns the pages to OCR (job,
+    page number, image), the blank page numbers per PDF, and counts."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -534,6 +535,9 @@ def render_corpus(cfg: Any, timers: Timers, workers: int) -> tuple[list[tuple[An
         info["pdfs"] += 1
         tasks += [(job, page_no) for page_no in range(1, total + 1)]
     shutil.rmtree(scratch, ignore_errors=True)
+    if limit is not None and len(tasks) > limit:
+        tasks = tasks[:limit]
+        info["rendered_only_first"] = limit
     args = [(str(job.path), page_no, cfg.dpi, cfg.max_render_pixels) for job, page_no in tasks]
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -672,11 +676,15 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
                                engine_runs=a.engine_runs, engine_kwargs=a.engine_kwargs)
 
         start = time.perf_counter()
+        # The runner alone renders for itself: the bench renders only the pages its warm-up and input-processor
+        # sample take (all 5,120 of a long row took ~85 s of device time to render up front, for nothing).
+        alone = max(a.warmup, a.proc_sample, 1) + 8 if not a.engine_runs else None
         pages, blank_by_pdf, info = render_corpus(cfg, timers, a.bench_render_workers or
-                                                  max(1, min(8, (os.cpu_count() or 2) - 1)))
+                                                  max(1, min(8, (os.cpu_count() or 2) - 1)), limit=alone)
         res["corpus"].update(info, render_wall_s=round(time.perf_counter() - start, 2))
         say(f"rendered {info['pages']} pages at {cfg.dpi} DPI: {info['ocr_pages']} to OCR, "
-            f"{info['blank_pages']} blank (left out), image {info.get('image_size')}")
+            f"{info['blank_pages']} blank (left out), image {info.get('image_size')}"
+            + (" (the first pages only: the runner alone renders its own)" if alone else ""))
         if not pages:
             raise SystemExit("no pages to OCR in the corpus")
 
@@ -770,7 +778,7 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
             monitor.set_phase("finish_write")
             time_finish_and_write(cfg, [(j, p, c) for (j, p, _), c in zip(pages, comps)], blank_by_pdf,
                                   engine.caps.special_tokens, timers)
-        n_ocr = len(pages)
+        n_ocr = len(pages) if alone is None else None     # None: the runner's own count is the only one
         del pages, comps, sample
         gc.collect()
 
@@ -778,7 +786,7 @@ def engine_mode(a: argparse.Namespace) -> dict[str, Any]:
         _reset_encoder_cache(llm)
         met = wait_at_barrier(a.barrier, "runner")
         monitor.set_phase("runner")
-        say(f"runner: starting on {n_ocr} pages ...")
+        say(f"runner: starting on {n_ocr} pages ..." if n_ocr is not None else "runner: starting on the corpus ...")
         res["runner"] = run_runner(ecfg, engine, hooks, timers, n_ocr, clock=met is not None)
         if met:
             res["runner"]["barrier"] = met
@@ -1011,10 +1019,11 @@ def _reset_encoder_cache(llm: Any) -> None:
         pass
 
 
-def run_runner(cfg: Any, engine: Any, hooks: Any, timers: Timers, expected_pages: int,
+def run_runner(cfg: Any, engine: Any, hooks: Any, timers: Timers, expected_pages: int | None,
                clock: bool = False) -> dict[str, Any]:
-    """The runner over the corpus with the loaded engine; `clock`: also the start, end and each page's finish
-    on the machine's clock, for summing processes that shared the GPU (bench/combine_rows.py)."""
+    """The runner over the corpus with the loaded engine (`expected_pages`: the engine runs' pages, None
+    without one); `clock`: also the start, end and each page's finish on the machine's clock, for summing
+    processes that shared the GPU (bench/combine_rows.py)."""
     from ocr.cli import run
     from ocr.engines.vllm import VllmEngine
 
@@ -1048,14 +1057,15 @@ def run_runner(cfg: Any, engine: Any, hooks: Any, timers: Timers, expected_pages
            "pages_per_s_engine_active": rate(shared.outputs if shared else 0, span),
            "steady_pages_per_s": steady_rate(shared.finished_at, batch=cfg.seqs) if shared else None,
            "engine_restarts": report.get("engine", {}).get("restarts", 0), "engine_factory_calls": len(handed_out),
-           "same_pages_as_engine": ocr_pages == expected_pages, "not_instrumented": missing}
+           "same_pages_as_engine": None if expected_pages is None else ocr_pages == expected_pages,
+           "not_instrumented": missing}
     if shared and shared.first_submit and shared.last_output:   # start-up, and the drain after the engine's last page
         out.update(before_first_submit_s=round(shared.first_submit - start, 2),
                    after_last_output_s=round(start + seconds - shared.last_output, 2))
     if clock:
         out["clock"] = {"start": round(start, 3), "end": round(start + seconds, 3),
                         "finished_at": [round(t, 3) for t in (shared.finished_at if shared else [])]}
-    if ocr_pages != expected_pages:
+    if expected_pages is not None and ocr_pages != expected_pages:
         say(f"warning: the runner OCRed {ocr_pages} pages, the engine run {expected_pages}")
     return out
 
@@ -1212,8 +1222,10 @@ def print_engine_summary(res: dict[str, Any]) -> None:
     lines = [
         "", "=" * 86,
         f"vLLM {env.get('vllm')}  torch {env.get('torch')}  GPUs {env.get('gpus', 'none')}  CPUs {env.get('cpus')}",
-        f"corpus: {c.get('pdfs')} PDFs, {c.get('pages')} pages, {c.get('blank_pages')} blank (left out), "
-        f"{c.get('ocr_pages')} to OCR; page image {c.get('image_size')} at {st['dpi']} DPI",
+        (f"corpus: {c.get('pdfs')} PDFs, {c.get('pages')} pages, {c.get('blank_pages')} blank (left out), "
+         f"{c.get('ocr_pages')} to OCR" if not c.get("rendered_only_first") else
+         f"corpus: {c.get('pdfs')} PDFs, {r['pages']} pages, {r['blank_pages']} blank (the runner's count)")
+        + f"; page image {c.get('image_size')} at {st['dpi']} DPI",
         f"engine load {res['engine_load_s']} s; {res['engine_config']}",
         f"sampling: max_tokens {sp['max_tokens']}, ignore_eos {sp['ignore_eos']}, n-gram guard "
         f"{sp['extra_args'] or 'off'} (active: {res.get('guard_active')}); batch_pages {st['batch_pages']}, "

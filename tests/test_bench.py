@@ -477,23 +477,26 @@ def test_runner_rows_of_processes_that_shared_a_gpu_are_summed(tmp_path, fake_vl
     rows = []
     for name in ("a", "b"):
         out = tmp_path / f"{name}.json"
-        code = fake_vllm.main(["--model", str(tmp_path / "ckpt"), "--load-format", "dummy", "--generate", "2x4",
+        code = fake_vllm.main(["--model", str(tmp_path / "ckpt"), "--load-format", "dummy", "--generate", "3x4",
                                "--blank-every", "4", "--dpi", "50", "--force-tokens", "12", "--warmup", "0",
                                "--batch-pages", "3", "--render-workers", "1", "--bench-render-workers", "1",
-                               "--engine-runs", "none", "--barrier", f"{folder}:2",
+                               "--engine-runs", "none", "--barrier", f"{folder}:2", "--proc-sample", "1",
                                "--corpus-dir", str(tmp_path / "c"), "--json", str(out)])
         assert code == 0
         rows.append(json.loads(out.read_text()))
     for res in rows:
         assert "engine" not in res and "engine_core" not in res
+        # the runner alone renders for itself: the bench rendered only what its warm-up and sample take
+        assert res["corpus"]["rendered_only_first"] == 9 and res["corpus"]["pages"] == 9   # of 12
+        assert res["runner"]["ocr_pages"] == 9 and res["runner"]["same_pages_as_engine"] is None
         clock = res["runner"]["clock"]
-        assert clock["end"] > clock["start"] and len(clock["finished_at"]) == 6
+        assert clock["end"] > clock["start"] and len(clock["finished_at"]) == 9
     import combine_rows
     both = combine_rows.combine(rows)
     a, b = (r["runner"]["clock"] for r in rows)
-    assert both["ocr_pages"] == 12 and both["batch_pages_total"] == 6
+    assert both["ocr_pages"] == 18 and both["batch_pages_total"] == 6
     assert both["seconds"] == pytest.approx(b["end"] - a["start"], abs=0.01)
-    assert both["pages_per_s"] == pytest.approx(12 / both["seconds"], rel=0.01)
+    assert both["pages_per_s"] == pytest.approx(18 / both["seconds"], rel=0.01)
     with pytest.raises(SystemExit, match="no runner clock"):
         combine_rows.combine([{"runner": {"ocr_pages": 1}}])
 
