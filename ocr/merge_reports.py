@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import Config
-from .report import counter_lines, passes, up_rates
-from .store import json_text, write_atomic
+from .report import counter_lines, merged_text, passes, up_rates
+from .store import write_atomic
 
 SUMMED = ("pdfs", "pages", "blank_pages", "failed_pages", "tokens", "read_pages")
 AFTER_LOAD = {"pages_per_s_after_load": "pages", "read_pages_per_s_after_load": "read_pages"}   # rate: count
@@ -197,7 +197,7 @@ def write_merged(output_dir: Path, merged: dict[str, Any], num_shards: int) -> P
     if num_shards == 1:
         return None
     path = output_dir / "run_report.json"
-    write_atomic(path, json_text(merged, indent=1) + "\n")
+    write_atomic(path, merged_text(merged))
     return path
 
 

@@ -31,10 +31,9 @@ from .leases import ItemState, LeaseQueue
 from .merge_reports import PROBLEM_STATUSES, Shard, merge, summary_lines
 from .pipeline import Pipeline, StopReason
 from .records import PdfJob
-from .report import PdfEntry, PdfStatus, RunReport
+from .report import PdfEntry, PdfStatus, RunReport, merged_text
 from .storage import (SourcePdf, Storage, done_key, is_complete, load_done, local_sha256, manifest_entry,
                       outputs_of, plan, publish, todo)
-from .store import json_text
 
 log = logging.getLogger("ocr.ray")
 EngineMaker = Callable[[Config], Callable[[], Engine]]
@@ -625,7 +624,7 @@ def run(opts: RayOptions, cfg: Config, engine_maker: EngineMaker | None = None) 
         outcome = driver.ray.get(driver.coordinator.outcome.remote())
         merged = assemble_report(driver, outcome, skipped, settings)
         signalled = driver.stopping is not None
-    outputs.write_text("run_report.json", json_text(merged, indent=1) + "\n")
+    outputs.write_text("run_report.json", merged_text(merged))
     print("\n".join(summary_lines(merged)), flush=True)
     print(f"report: {outputs.path('run_report.json')}", flush=True)
     if signalled:

@@ -165,10 +165,8 @@ class RunReport:
         return {**self._head(), "pdfs": [e.to_json() for e in self.pdfs.values()]}
 
     def text(self) -> str:
-        """The report's JSON: indented, each PDF on one line of its own (to_json() once parsed)."""
-        head = json_text(self._head(), indent=1)          # "{\n "settings": ...\n}"
-        pdfs = "[\n  " + ",\n  ".join(e.text() for e in self.pdfs.values()) + "\n ]" if self.pdfs else "[]"
-        return head[:-2] + ',\n "pdfs": ' + pdfs + "\n}\n"
+        """The report's JSON (to_json() once parsed), as report_text writes it."""
+        return report_text(self._head(), [e.text() for e in self.pdfs.values()])
 
     def write(self) -> None:
         write_atomic(self.path, self.text())
@@ -185,6 +183,19 @@ class RunReport:
             why = e.error or (f"pages {e.failed_pages} failed" if e.failed_pages else "not finished")
             lines.append(f"  {e.status.value}: {e.pdf}: {why}")
         return lines
+
+
+def report_text(head: dict[str, Any], pdfs: list[str]) -> str:
+    """A run report's file: `head` indented, then "pdfs", each PDF's JSON (`pdfs`, one line each) on a line of
+    its own. The same for a worker's, a merged and a Ray run's report: `grep name.pdf` finds a PDF's entry."""
+    text = json_text(head, indent=1)          # "{\n "settings": ...\n}"
+    listed = "[\n  " + ",\n  ".join(pdfs) + "\n ]" if pdfs else "[]"
+    return text[:-2] + ',\n "pdfs": ' + listed + "\n}\n"
+
+
+def merged_text(report: dict[str, Any]) -> str:
+    """report_text of a report held as a dict (a merge of shards, a Ray run)."""
+    return report_text({k: v for k, v in report.items() if k != "pdfs"}, [json_text(p) for p in report["pdfs"]])
 
 
 def up_rates(t: dict[str, Any], up: str = "engines were") -> str:

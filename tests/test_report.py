@@ -9,7 +9,7 @@ import pytest
 
 from ocr.finish import blank_page, failed_page
 from ocr.records import PageResult, PageStatus
-from ocr.report import PdfStatus, RunReport
+from ocr.report import PdfStatus, RunReport, merged_text
 
 
 def page(n: int, text: str = "κείμενο") -> PageResult:
@@ -68,3 +68,17 @@ def test_a_name_that_is_not_utf8_is_still_written(report):
     report.pdf_opened(name, 1, [])
     report.add_page(name, page(1))
     assert written(report)["pdfs"][0]["pdf"] == name
+
+
+def test_a_merged_report_is_written_one_line_per_pdf_and_parses_back(tmp_path):
+    """The launcher's merge writes its run_report.json as a worker does: grep finds a PDF on one line."""
+    from ocr import merge_reports
+    merged = {"settings": {}, "totals": {"pages": 2}, "workers": [{"worker": 0}],
+              "pdfs": [{"pdf": "α.pdf", "status": "complete", "worker": 0, "page_details": [{"page": 1}]},
+                       {"pdf": "b.pdf", "status": "failed", "worker": 1, "page_details": []}]}
+    path = merge_reports.write_merged(tmp_path, merged, num_shards=2)
+    text = path.read_text(encoding="utf-8")
+    assert json.loads(text) == merged
+    assert [line for line in text.splitlines() if "α.pdf" in line] == \
+        ['  {"pdf": "α.pdf", "status": "complete", "worker": 0, "page_details": [{"page": 1}]},']
+    assert json.loads(merged_text({**merged, "pdfs": []}))["pdfs"] == []
