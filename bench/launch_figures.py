@@ -4,8 +4,9 @@ over the time engines were up, the time two workers were up side by side, and th
     python bench/launch_figures.py DIR/NAME [--json OUT]
 
 reads NAME-run_report.json(.gz), the shard reports in NAME-parts.tar.gz and NAME-smi.csv(.gz) (nvidia-smi's
-timestamps are taken as UTC, as on the lent machine). The pages read are the pages less the blank ones (the
-reports of that run had no `read_pages` yet; nothing was resumed there).
+timestamps are taken as UTC, as on the lent machine). The pages read are the report's `read_pages`, or where
+it has none (session 15's runs, from before reports counted them; nothing was resumed there) the pages less the
+blank ones. Each worker's span is `ocr.merge_reports.engine_span` of its report, as in the merge.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ocr.merge_reports import union_seconds   # noqa: E402
+from ocr.merge_reports import engine_span, union_seconds   # noqa: E402
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -30,16 +31,16 @@ def _open_text(path: Path) -> io.TextIOBase:
     return gzip.open(gz, "rt") if not path.exists() and gz.exists() else open(path)
 
 
-def shard_clocks(prefix: Path, merged: dict[str, Any]) -> list[dict[str, float]]:
-    """Each worker's clock (started, engine_ready, written): from the shard reports, or the one report."""
+def shard_reports(prefix: Path, merged: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each worker's report: the shard reports in NAME-parts.tar.gz, or the one report."""
     parts = prefix.with_name(prefix.name + "-parts.tar.gz")
-    clocks = []
+    reports = []
     if parts.exists():
         with tarfile.open(parts) as tar:
             for member in tar.getmembers():
                 if Path(member.name).name.startswith("run_report.shard-"):
-                    clocks.append(json.load(tar.extractfile(member))["clock"])
-    return clocks or [merged["clock"]]
+                    reports.append(json.load(tar.extractfile(member)))
+    return reports or [merged]
 
 
 def smi_samples(prefix: Path) -> list[tuple[float, float]]:
@@ -64,20 +65,21 @@ def figures(prefix: Path) -> dict[str, Any]:
     with _open_text(prefix.with_name(prefix.name + "-run_report.json")) as f:
         merged = json.load(f)
     t = merged["totals"]
-    read = t["read_pages"] if "read_pages" in t else t["pages"] - t["blank_pages"]
-    clocks = [c for c in shard_clocks(prefix, merged) if c.get("engine_ready")]
-    if not clocks:
+    read = t.get("read_pages")
+    read = read if read is not None else t["pages"] - t["blank_pages"]
+    ready = [(r, span) for r in shard_reports(prefix, merged) if (span := engine_span(r))]
+    if not ready:
         raise SystemExit(f"{prefix}: no engine got ready in this run")
-    spans = [(c["engine_ready"], c["written"]) for c in clocks]
+    spans = [span for _, span in ready]
     first, last = min(a for a, _ in spans), max(b for _, b in spans)
     both = max(a for a, _ in spans), min(b for _, b in spans)
     up = union_seconds(spans)                      # a gap between workers that ran one after the other: out
     samples = smi_samples(prefix)
-    res = {"workers": len(clocks), "pages": t["pages"], "read_pages": read,
-           "loads_s": [round(c["engine_ready"] - c["started"], 1) for c in clocks],
+    res = {"workers": len(spans), "pages": t["pages"], "read_pages": read,
+           "loads_s": [round(r["clock"]["engine_ready"] - r["clock"]["started"], 1) for r, _ in ready],
            "engines_up_s": round(up, 1), "read_pages_per_s": round(read / up, 2),
            "gpu_busy_engines_up": busy(samples, first, last)}
-    if len(clocks) > 1:
+    if len(spans) > 1:
         res.update(side_by_side_s=round(max(0.0, both[1] - both[0]), 1),
                    gpu_busy_side_by_side=busy(samples, *both) if both[1] > both[0] else None)
     return res

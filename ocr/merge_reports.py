@@ -92,6 +92,9 @@ def merged_totals(shards: list[Shard], wall_seconds: float | None) -> dict[str, 
                   tokens_per_s=round(sums["tokens"] / seconds, 1) if seconds else 0.0,
                   **{k: round(rates[k], 3) for k in AFTER_LOAD},
                   counters=dict(sorted(counters.items())), passes=passes(counters))
+    if any("read_pages" not in s.report["totals"] for s in shards if s.report is not None):
+        # A report from before reports counted them: the sum would count only the newer shards' pages.
+        totals.update(read_pages=None, read_pages_per_s_after_load=None)
     if greek:
         totals["greek"] = merged_greek(greek)
     return totals

@@ -100,4 +100,14 @@ def test_the_merged_read_rate_is_over_the_time_engines_were_up():
                                         "interrupted": None})[1]
     assert f"16.8 pages/s ({merged['read_pages_per_s_after_load']} read by the model) while engines were up" in line
     old = merge_reports.merged_totals([shard(0, 672, 1100.0, 1140.0, 16.8)], wall_seconds=180.0)
-    assert old["read_pages"] == 0 and "read by the model" not in merge_reports.up_rates(old)
+    assert old["read_pages"] is None and "read by the model" not in merge_reports.up_rates(old)
+
+
+def test_a_report_from_before_pages_read_were_counted_leaves_the_merged_count_unknown():
+    """One shard from an older runner (no read_pages) beside a new one: 588 of 1,176 pages read would be half
+    the truth, so the merged report says nothing of pages read, and its pages rate stands."""
+    merged = merge_reports.merged_totals([shard(0, 672, 1100.0, 1140.0, 16.8, read=588),
+                                          shard(1, 672, 1140.0, 1180.0, 16.8)], wall_seconds=180.0)
+    assert merged["read_pages"] is None and merged["read_pages_per_s_after_load"] is None
+    assert merged["pages_per_s_after_load"] == pytest.approx(16.8)
+    assert merge_reports.up_rates(merged) == ", 16.8 pages/s while engines were up"
