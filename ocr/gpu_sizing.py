@@ -14,8 +14,11 @@ log = logging.getLogger(__name__)
 
 # Measured on the H200 (NOTES.md, sessions 8-10): 256 pages in flight with encoder graphs made the runner 18.42
 # pages/s with the GPU busy 83%, the old defaults (128, eager encoder) 8.21 and 40%. The graphs took ~6% of its
-# KV cache; the runner's process tree held ~35 GB of RAM at 256 (bench.py's monitor, session 10). On a 24 GB
-# L4 (the reference box, 96 GB of RAM for 4 workers) neither is measured, so below these the defaults stay.
+# KV cache; the runner's process tree held ~35 GB of RAM at 256 (bench.py's monitor, session 10). Below them
+# the encoder stays eager: at a 24 GB L4's share of the H200 (session 16, 20.3 GiB) the weights (7.2 GiB), the
+# encoder's graphs (7.5) and their profiling's activations (8.2) came to 22.8 GiB, the KV cache was 40% of the
+# eager encoder's and the load peaked above an L4's 22.5 GiB; 128 in flight stays for the L4's KV cache and
+# the reference box's 96 GB of RAM for 4 workers.
 BIG_GPU_GIB = 64
 RAM_PER_GPU_GIB = 40
 BIG_GPU_BATCH = 256
